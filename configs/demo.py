@@ -1,0 +1,50 @@
+"""The embedded default: a small SiT + SARA on generated 32x32 shapes, minutes on a laptop CPU.
+
+Pixel space (no VAE offline), 10 classes, a small DINOv2-architecture encoder pretrained on the
+same images first (cached), and a randomly initialised discriminator (no ResNet-18 weights
+offline). Learning rate and EMA are raised to fit the short run; the objective is the paper's.
+"""
+
+from sara_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.model.input_size = 32
+    c.model.in_channels = 3
+    c.model.patch_size = 4
+    c.model.depth = 4
+    c.model.hidden_size = 128
+    c.model.num_heads = 4
+    c.model.num_classes = 10
+    c.model.encoder_depth = 2
+    c.model.compute_dtype = "float32"  # bf16 matmuls are emulated, and slow, on most CPUs.
+    c.projector.width = 256
+
+    c.encoder.kind = "demo_vit"
+    c.encoder.image_size = 32
+    c.encoder.compute_dtype = "float32"
+    c.encoder.arch.patch_size = 4
+    c.encoder.arch.embed_dim = 96
+    c.encoder.arch.depth = 3
+    c.encoder.arch.num_heads = 4
+    c.encoder.pretrain.steps = 150
+
+    c.data.source = "shapes"
+    c.data.space = "pixel"
+    c.data.image_size = 32
+    c.data.num_classes = 10
+    c.data.num_examples = 20_000
+    c.data.global_batch_size = 64
+    c.data.num_workers = 0
+
+    c.optim.lr = 5e-4
+    c.train.num_steps = 2000
+    c.train.ema_decay = 0.995
+    c.train.log_every = 100
+    c.train.checkpoint_every = 1000
+    c.train.keep_checkpoints = 2
+
+    c.sample.num_steps = 50
+    c.sample.cfg_scale = 2.0
+    return c

@@ -1,0 +1,1 @@
+"""sara_jax: SARA (structural and adversarial representation alignment) in JAX/Flax."""

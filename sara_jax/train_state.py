@@ -1,0 +1,107 @@
+"""The one TrainState of a SARA run and the modules and optimizers it is built from."""
+
+from typing import Any, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from sara_jax.models.discriminator import Discriminator
+from sara_jax.models.projector import Projector
+from sara_jax.models.sit import SiT
+
+PyTree = Any
+
+
+def dtype_of(name: str) -> jnp.dtype:
+    """'float32' | 'bfloat16' -> the jnp dtype."""
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+class Models(NamedTuple):
+    """The trained modules; the frozen encoder lives outside the state (see encoders.py)."""
+
+    sit: SiT
+    projector: Projector
+    disc: Discriminator
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training, replicated over the `data` mesh axis.
+
+    step: int32 scalar, the number of generator updates done.
+    params / ema_params: {"sit": ..., "projector": ...}, float32.
+    disc: {"params": ..., "batch_stats": ...} of the discriminator, float32.
+    opt_state / disc_opt_state: optax states of params and disc["params"].
+    """
+
+    step: jax.Array
+    params: PyTree
+    ema_params: PyTree
+    disc: PyTree
+    opt_state: PyTree
+    disc_opt_state: PyTree
+
+
+def build_models(config: ml_collections.ConfigDict, z_dim: int) -> Models:
+    """The SiT, projector and discriminator a config describes; z_dim is the encoder's width."""
+    m = config.model
+    dtype = dtype_of(m.compute_dtype)
+    sit = SiT(
+        input_size=m.input_size,
+        in_channels=m.in_channels,
+        patch_size=m.patch_size,
+        hidden_size=m.hidden_size,
+        depth=m.depth,
+        num_heads=m.num_heads,
+        num_classes=m.num_classes,
+        encoder_depth=m.encoder_depth,
+        mlp_ratio=m.mlp_ratio,
+        dtype=dtype,
+    )
+    projector = Projector(width=config.projector.width, z_dim=z_dim, dtype=dtype)
+    # Train-mode BatchNorm averages its batch statistics over the data axis, so the result does
+    # not depend on how the batch is split across devices.
+    disc = Discriminator(use_maxpool=config.disc.use_maxpool, axis_name="data", dtype=dtype)
+    return Models(sit, projector, disc)
+
+
+def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Global-norm clipping then AdamW with a constant learning rate."""
+    return optax.chain(
+        optax.clip_by_global_norm(optim.grad_clip),
+        optax.adamw(
+            optim.lr, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay
+        ),
+    )
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict, models: Models, num_tokens: int, key: jax.Array
+) -> TrainState:
+    """Initialises all parameters (EMA = initial params) and both optimizer states.
+
+    Args:
+      num_tokens: N, the token count shared by the SiT and the encoder.
+      key: PRNG key for initialisation.
+    """
+    m = config.model
+    k_sit, k_proj, k_disc = jax.random.split(key, 3)
+    x = jnp.zeros((1, m.input_size, m.input_size, m.in_channels), jnp.float32)
+    sit_params = models.sit.init(k_sit, x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"]
+    hidden = jnp.zeros((1, num_tokens, m.hidden_size), jnp.float32)
+    proj_params = models.projector.init(k_proj, hidden)["params"]
+    tokens = jnp.zeros((1, num_tokens, models.projector.z_dim), jnp.float32)
+    disc = dict(models.disc.init(k_disc, tokens, train=False))
+    params = {"sit": sit_params, "projector": proj_params}
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        ema_params=jax.tree.map(jnp.copy, params),
+        disc=disc,
+        opt_state=make_optimizer(config.optim).init(params),
+        disc_opt_state=make_optimizer(config.disc.optim).init(disc["params"]),
+    )

@@ -1,0 +1,236 @@
+"""One SARA training step (paper Eq. 11), data-parallel with `jax.shard_map`.
+
+Each device holds a slice of the global batch and a replica of the TrainState. Gradients of the
+local losses are averaged with `lax.pmean`, so every replica applies the same update. All
+randomness of an example is drawn from (seed, step, global example index): the result does not
+depend on how many devices share the batch.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax import lax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from sara_jax import losses, transport
+from sara_jax.train_state import Models, TrainState, make_optimizer
+
+PyTree = Any
+Batch = dict[str, jax.Array]
+AXIS = "data"
+
+
+def clean_input(example: Batch, key: jax.Array, data: ml_collections.ConfigDict) -> jax.Array:
+    """x0 of one example: the image in [-1, 1] (pixel space) or a scaled VAE posterior sample.
+
+    Args:
+      example: "image" uint8 (H, W, 3), or "latent_mean"/"latent_std" float (h, w, 4).
+      key: PRNG key of the latent sample (unused in pixel space).
+    """
+    if data.space == "pixel":
+        return example["image"].astype(jnp.float32) / 127.5 - 1.0
+    mean = example["latent_mean"].astype(jnp.float32)
+    std = example["latent_std"].astype(jnp.float32)
+    return (mean + std * jax.random.normal(key, mean.shape)) * data.latent_scale
+
+
+def example_inputs(
+    key: jax.Array, example: Batch, config: ml_collections.ConfigDict
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The diffusion inputs of one example: (x0, t, eps, label with CFG dropout applied)."""
+    k_t, k_eps, k_latent, k_drop = jax.random.split(key, 4)
+    x0 = clean_input(example, k_latent, config.data)
+    t = transport.sample_time(k_t)
+    eps = jax.random.normal(k_eps, x0.shape)
+    dropped = jax.random.uniform(k_drop) < config.model.class_dropout
+    label = jnp.where(dropped, config.model.num_classes, example["label"])
+    return x0, t, eps, label
+
+
+def disc_logits(
+    models: Models, disc: PyTree, tokens: jax.Array, bn_train: bool
+) -> tuple[jax.Array, PyTree]:
+    """D's logits (B,) on tokens (B, N, D) and its batch statistics (updated in train-mode BN)."""
+    if bn_train:
+        logits, updates = models.disc.apply(disc, tokens, train=True, mutable=["batch_stats"])
+        return logits, updates["batch_stats"]
+    return models.disc.apply(disc, tokens, train=False), disc["batch_stats"]
+
+
+def generator_loss(
+    params: PyTree,
+    disc: PyTree,
+    inputs: Batch,
+    models: Models,
+    config: ml_collections.ConfigDict,
+    gamma: jax.Array,
+) -> tuple[jax.Array, tuple[dict[str, jax.Array], jax.Array]]:
+    """Eq. 11: L_velocity + lambda L_patch + beta L_struc + gamma L_adv.
+
+    Args:
+      params: {"sit", "projector"}, the variables differentiated.
+      disc: D's variables, held fixed: L_adv trains the SiT and projector only.
+      inputs: "x_t" (B, H, W, C), "t" (B,), "labels" (B,), "target" (B, H, W, C) velocity,
+        "z_enc" (B, N, D) encoder features.
+      gamma: the adversarial weight in force at this step.
+    Returns: total loss, (each term, h_den (B, N, D)).
+    """
+    lc = config.loss
+    velocity, hidden = models.sit.apply(
+        {"params": params["sit"]}, inputs["x_t"], inputs["t"], inputs["labels"]
+    )
+    h_den = models.projector.apply({"params": params["projector"]}, hidden)
+    fake_logits, _ = disc_logits(models, disc, h_den, config.disc.bn_mode == "train")
+    z_enc = inputs["z_enc"]
+    terms = {
+        "velocity": losses.velocity_loss(velocity, inputs["target"]),
+        "patch": losses.patch_alignment_loss(z_enc, h_den),
+        "struc": losses.structural_loss(z_enc, h_den, lc.struc_reduction),
+        "adv": losses.adversarial_loss(fake_logits),
+    }
+    total = (
+        terms["velocity"]
+        + lc.patch_weight * terms["patch"]
+        + lc.struc_weight * terms["struc"]
+        + gamma * terms["adv"]
+    )
+    return total, (terms, h_den)
+
+
+def disc_objective(
+    d_params: PyTree,
+    batch_stats: PyTree,
+    real: jax.Array,
+    fake: jax.Array,
+    models: Models,
+    bn_train: bool,
+) -> tuple[jax.Array, tuple[PyTree, dict[str, jax.Array]]]:
+    """Eq. 9 on real = z_enc and fake = sg(h_den), both (B, N, D).
+
+    Returns: L_D, (updated batch statistics, D's accuracy on real and on fake tokens).
+    """
+    real_logits, stats = disc_logits(
+        models, {"params": d_params, "batch_stats": batch_stats}, real, bn_train
+    )
+    fake_logits, stats = disc_logits(
+        models, {"params": d_params, "batch_stats": stats}, fake, bn_train
+    )
+    accuracy = {
+        "disc_acc_real": jnp.mean(real_logits > 0),
+        "disc_acc_fake": jnp.mean(fake_logits < 0),
+    }
+    return losses.discriminator_loss(real_logits, fake_logits), (stats, accuracy)
+
+
+def make_train_step(
+    config: ml_collections.ConfigDict,
+    models: Models,
+    encoder_features: Callable[[PyTree, jax.Array], jax.Array],
+    mesh: Mesh,
+    disc_gate: str | None = None,
+) -> Callable[[TrainState, Batch, PyTree], tuple[TrainState, dict[str, jax.Array]]]:
+    """Builds the jitted step `(state, batch, encoder_params) -> (state, metrics)`.
+
+    Args:
+      models: the SiT, projector and discriminator modules.
+      encoder_features: frozen encoder, (params, uint8 images (B, H, W, 3)) -> z_enc (B, N, D).
+      mesh: a mesh with a `data` axis; `batch` is sharded over it, the rest is replicated.
+      disc_gate: how the every-`disc.every`-steps D update is gated: "cond" (lax.cond, only the
+        taken branch runs) or "mask" (computed every step, applied with a select). None picks
+        "mask" on CPU, where XLA runs the convolutions inside a conditional some 50x slower,
+        and "cond" elsewhere. Both give the same result.
+    The state argument is donated. Metrics are global-batch averages (float32 scalars).
+    """
+    tx = make_optimizer(config.optim)
+    disc_tx = make_optimizer(config.disc.optim)
+    lc = config.loss
+    decay = config.train.ema_decay
+    bn_train = config.disc.bn_mode == "train"
+    if disc_gate is None:
+        disc_gate = "mask" if jax.default_backend() == "cpu" else "cond"
+    if disc_gate not in ("cond", "mask"):
+        raise ValueError(f"disc_gate must be 'cond' or 'mask', got {disc_gate!r}")
+
+    def local_step(state: TrainState, batch: Batch, encoder_params: PyTree):
+        local_batch = batch["label"].shape[0]
+        index = lax.axis_index(AXIS) * local_batch + jnp.arange(local_batch)
+        step_key = jax.random.fold_in(jax.random.key(config.seed), state.step)
+        keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(index)
+        x0, t, eps, labels = jax.vmap(lambda k, ex: example_inputs(k, ex, config))(keys, batch)
+        x_t = transport.interpolate(x0, eps, t)
+        target = transport.velocity_target(x0, eps)
+        z_enc = lax.stop_gradient(encoder_features(encoder_params, batch["image"]))
+        inputs = {"x_t": x_t, "t": t, "labels": labels, "target": target, "z_enc": z_enc}
+        gamma = jnp.where(state.step < lc.adv_warmup_steps, 0.0, lc.adv_weight)
+
+        # Differentiate w.r.t. a per-device copy of the params so the gradient is the local one;
+        # pmean then averages it over the global batch.
+        local_params = lax.pcast(state.params, AXIS, to="varying")
+        (total, (terms, h_den)), grads = jax.value_and_grad(generator_loss, has_aux=True)(
+            local_params, state.disc, inputs, models, config, gamma
+        )
+        grads = lax.pmean(grads, AXIS)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema_params = jax.tree.map(
+            lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params
+        )
+
+        fake = lax.stop_gradient(h_den)
+
+        def update_disc(_):
+            d_params = lax.pcast(state.disc["params"], AXIS, to="varying")
+            (loss, (stats, accuracy)), d_grads = jax.value_and_grad(disc_objective, has_aux=True)(
+                d_params, state.disc["batch_stats"], z_enc, fake, models, bn_train
+            )
+            d_grads = lax.pmean(d_grads, AXIS)
+            d_updates, d_opt_state = disc_tx.update(
+                d_grads, state.disc_opt_state, state.disc["params"]
+            )
+            disc = {
+                "params": optax.apply_updates(state.disc["params"], d_updates),
+                "batch_stats": stats,
+            }
+            return disc, d_opt_state, {"disc_loss": loss, **accuracy}
+
+        def keep_disc(_):
+            loss, (_, accuracy) = disc_objective(
+                state.disc["params"], state.disc["batch_stats"], z_enc, fake, models, bn_train
+            )
+            return state.disc, state.disc_opt_state, {"disc_loss": loss, **accuracy}
+
+        update = state.step % config.disc.every == 0
+        if disc_gate == "cond":  # Only the taken branch runs.
+            disc, disc_opt_state, disc_metrics = lax.cond(update, update_disc, keep_disc, None)
+        else:  # Computes the update every step and keeps it on D steps.
+            updated = update_disc(None)
+            disc, disc_opt_state = jax.tree.map(
+                lambda new, old: jnp.where(update, new, old),
+                updated[:2],
+                (state.disc, state.disc_opt_state),
+            )
+            disc_metrics = updated[2]
+        metrics = {
+            "loss": total,
+            **terms,
+            **disc_metrics,
+            "grad_norm": optax.tree.norm(grads),
+        }
+        metrics = lax.pmean(metrics, AXIS)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=params,
+            ema_params=ema_params,
+            disc=disc,
+            opt_state=opt_state,
+            disc_opt_state=disc_opt_state,
+        )
+        return new_state, metrics
+
+    step = jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()))
+    return jax.jit(step, donate_argnums=(0,))

@@ -1,0 +1,26 @@
+"""Installs sara_jax; runtime dependencies come from requirements.txt."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+
+def _requirements() -> list[str]:
+    lines = (HERE / "requirements.txt").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+setup(
+    name="sara_jax",
+    version="0.1.0",
+    description="SARA: structural and adversarial representation alignment for diffusion "
+    "transformers, in JAX/Flax.",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["sara_jax", "sara_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=_requirements(),
+    extras_require={"test": ["pytest>=8", "ruff>=0.6"]},
+)

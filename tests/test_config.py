@@ -1,0 +1,89 @@
+import ml_collections
+import pytest
+
+from configs import demo, sit_b, sit_l, sit_xl
+from sara_jax.config import base_config, validate
+
+
+@pytest.mark.parametrize(
+    "module,depth,hidden,heads,encoder_depth,steps",
+    [
+        (sit_b, 12, 768, 12, 4, 400_000),
+        (sit_l, 24, 1024, 16, 8, 400_000),
+        (sit_xl, 28, 1152, 16, 8, 2_000_000),
+    ],
+)
+def test_paper_configs_hold_table_4(module, depth, hidden, heads, encoder_depth, steps):
+    c = module.get_config()
+    validate(c, num_devices=8)
+    m = c.model
+    assert (m.depth, m.hidden_size, m.num_heads, m.patch_size) == (depth, hidden, heads, 2)
+    assert (m.encoder_depth, c.train.num_steps) == (encoder_depth, steps)
+    assert (m.input_size, m.in_channels, m.class_dropout) == (32, 4, 0.1)
+    assert (c.loss.patch_weight, c.loss.struc_weight, c.loss.adv_weight) == (0.5, 0.5, 0.05)
+    assert (c.optim.lr, c.optim.b1, c.optim.b2, c.optim.weight_decay) == (1e-4, 0.9, 0.999, 0)
+    assert (c.data.global_batch_size, c.train.ema_decay, c.disc.every) == (256, 0.9999, 5)
+    assert c.encoder.kind == "dinov2" and c.projector.width == 2048
+
+
+def test_demo_config_is_valid_and_small():
+    c = demo.get_config()
+    validate(c, num_devices=8)
+    assert c.data.space == "pixel" and c.data.num_classes >= 10
+    assert c.encoder.kind == "demo_vit"
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("optim.lr", -1e-4, r"config.optim.lr must be > 0"),
+        ("disc.optim.lr", 0.0, r"config.disc.optim.lr must be > 0"),
+        ("model.encoder_depth", 29, r"config.model.encoder_depth must be in \[1, model.depth=28\]"),
+        ("disc.every", 0, r"config.disc.every must be >= 1"),
+        ("optim.b2", 1.0, r"config.optim.b2 must be in \[0, 1\)"),
+        ("loss.struc_reduction", "max", r"config.loss.struc_reduction must be 'mean' or 'sum'"),
+        ("model.num_heads", 7, r"config.model.hidden_size must be divisible by model.num_heads"),
+        ("data.space", "pixel", r"config.model.input_size must be 256"),
+        ("model.compute_dtype", "float16", r"config.model.compute_dtype must be one of"),
+        ("train.ema_decay", 1.5, r"config.train.ema_decay must be in \[0, 1\]"),
+    ],
+)
+def test_bad_values_name_the_field(field, value, message):
+    c = sit_xl.get_config()
+    section, name = field.rsplit(".", 1)
+    node = c
+    for part in section.split("."):
+        node = node[part]
+    node[name] = value
+    with pytest.raises(ValueError, match=message):
+        validate(c)
+
+
+def test_unknown_missing_and_mistyped_fields():
+    c = base_config()
+    c.optim.lrr = 1e-4
+    with pytest.raises(ValueError, match=r"config.optim.lrr is not a known field"):
+        validate(c)
+    c = base_config()
+    del c.disc["every"]
+    with pytest.raises(ValueError, match=r"config.disc.every is missing"):
+        validate(c)
+    d = base_config().to_dict()
+    d["train"]["num_steps"] = 10.5  # a float where an int is needed
+    c = ml_collections.ConfigDict(d)
+    with pytest.raises(ValueError, match=r"config.train.num_steps must be of type int"):
+        validate(c)
+
+
+def test_batch_must_divide_over_devices_and_tokens_must_match():
+    c = demo.get_config()
+    c.data.global_batch_size = 12
+    with pytest.raises(ValueError, match=r"data.global_batch_size must be divisible by .* \(8\)"):
+        validate(c, num_devices=8)
+    c = demo.get_config()
+    c.encoder.arch.patch_size = 8
+    with pytest.raises(
+        ValueError,
+        match=r"as many tokens as the SiT \(64\), not 16",
+    ):
+        validate(c)

@@ -1,0 +1,206 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from configs import demo
+from sara_jax import transport
+from sara_jax.config import validate
+from sara_jax.data.shapes import ShapesSource
+from sara_jax.encoder_preprocess import imagenet_normalize
+from sara_jax.models.dinov2 import DinoV2
+from sara_jax.train_state import build_models, create_train_state
+from sara_jax.train_step import clean_input, generator_loss, make_train_step
+
+BATCH = 16
+
+
+def tiny_config(**overrides):
+    c = demo.get_config()
+    c.model.input_size = c.data.image_size = c.encoder.image_size = 16
+    c.model.depth, c.model.hidden_size, c.model.num_heads = 3, 32, 2
+    c.model.encoder_depth = 2
+    c.projector.width = 32
+    c.encoder.arch.embed_dim, c.encoder.arch.depth, c.encoder.arch.num_heads = 16, 1, 2
+    c.data.global_batch_size = BATCH
+    c.disc.every = 1
+    c.train.ema_decay = 0.9
+    for name, value in overrides.items():
+        node = c
+        *path, leaf = name.split(".")
+        for part in path:
+            node = node[part]
+        node[leaf] = value
+    validate(c)
+    return c
+
+
+def random_encoder():
+    """A random frozen encoder: enough to exercise the step (the demo pretrains its own)."""
+    module = DinoV2(patch_size=4, embed_dim=16, depth=1, num_heads=2, pos_grid=4)
+    params = module.init(jax.random.key(7), jnp.zeros((1, 16, 16, 3)))["params"]
+
+    def features(params, images):
+        return module.apply({"params": params}, imagenet_normalize(images))["x_norm_patchtokens"]
+
+    return features, params
+
+
+def global_batch():
+    source = ShapesSource(BATCH, image_size=16, num_classes=10, seed=3)
+    records = [source[i] for i in range(BATCH)]
+    return {k: np.stack([r[k] for r in records]) for k in records[0]}
+
+
+def run_steps(config, num_devices, num_steps, disc_gate=None):
+    """Runs the step on the first num_devices devices; returns every state and metric."""
+    mesh = jax.make_mesh((num_devices,), ("data",), devices=jax.devices()[:num_devices])
+    features, enc_params = random_encoder()
+    models = build_models(config, 16)
+    state = create_train_state(config, models, 16, jax.random.key(0))
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+    batch = jax.device_put(global_batch(), NamedSharding(mesh, P("data")))
+    step = make_train_step(config, models, features, mesh, disc_gate=disc_gate)
+    states, metrics = [jax.device_get(state)], []
+    for _ in range(num_steps):
+        state, m = step(state, batch, jax.device_put(enc_params, NamedSharding(mesh, P())))
+        states.append(jax.device_get(state))
+        metrics.append(jax.device_get(m))
+    return states, metrics
+
+
+def assert_trees_close(a, b, **tol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, **tol)
+
+
+@pytest.mark.parametrize("bn_mode", ["frozen", "train"])
+def test_eight_devices_match_one_device(bn_mode):
+    assert jax.device_count() >= 8, (
+        "tests expect XLA_FLAGS=--xla_force_host_platform_device_count=8"
+    )
+    config = tiny_config(**{"disc.bn_mode": bn_mode})
+    states1, metrics1 = run_steps(config, 1, 2)
+    states8, metrics8 = run_steps(config, 8, 2)
+    for m1, m8 in zip(metrics1, metrics8, strict=True):
+        assert_trees_close(m1, m8, rtol=1e-4, atol=1e-5)
+    # Adam divides by sqrt(v): where a gradient is ~0, reduction-order noise moves an
+    # update by a fraction of lr (5e-4); a device-count dependence would move it by ~lr.
+    assert_trees_close(states1[-1], states8[-1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("disc_gate", ["mask", "cond"])
+def test_discriminator_updates_exactly_when_step_mod_every_is_zero(disc_gate):
+    config = tiny_config(**{"disc.every": 3})
+    states, _ = run_steps(config, 2, 5, disc_gate=disc_gate)
+    for step in range(5):
+        before, after = states[step], states[step + 1]
+        d_changed = any(
+            not np.array_equal(x, y)
+            for x, y in zip(jax.tree.leaves(before.disc), jax.tree.leaves(after.disc), strict=True)
+        )
+        assert d_changed == (step % 3 == 0), step
+        assert int(after.disc_opt_state[1][0].count) == step // 3 + 1
+        # The generator moves every step.
+        assert not np.array_equal(
+            before.params["projector"]["fc3"]["kernel"], after.params["projector"]["fc3"]["kernel"]
+        )
+
+
+def test_discriminator_update_does_not_depend_on_gamma():
+    with_adv, _ = run_steps(tiny_config(), 1, 1)
+    without_adv, _ = run_steps(tiny_config(**{"loss.adv_weight": 0.0}), 1, 1)
+    assert_trees_close(with_adv[1].disc, without_adv[1].disc, rtol=0, atol=0)
+    assert not np.allclose(
+        with_adv[1].params["projector"]["fc1"]["kernel"],
+        without_adv[1].params["projector"]["fc1"]["kernel"],
+    )
+
+
+def test_adversarial_gradient_reaches_sit_and_projector_only_through_h_den():
+    config = tiny_config()
+    features, enc_params = random_encoder()
+    models = build_models(config, 16)
+    state = create_train_state(config, models, 16, jax.random.key(0))
+    batch = global_batch()
+    x0 = jnp.asarray(batch["image"], jnp.float32) / 127.5 - 1
+    eps = jax.random.normal(jax.random.key(1), x0.shape)
+    t = jnp.linspace(0.1, 0.9, BATCH)
+    inputs = {
+        "x_t": transport.interpolate(x0, eps, t),
+        "t": t,
+        "labels": jnp.asarray(batch["label"]),
+        "target": transport.velocity_target(x0, eps),
+        "z_enc": features(enc_params, jnp.asarray(batch["image"])),
+    }
+
+    def adv_term(params, disc):
+        return generator_loss(params, disc, inputs, models, config, jnp.float32(1.0))[1][0]["adv"]
+
+    g_params, g_disc = jax.grad(adv_term, argnums=(0, 1))(state.params, state.disc)
+    norm = optax.tree.norm
+    assert norm(g_params["projector"]) > 0
+    assert norm(g_params["sit"]["x_embedder"]) > 0
+    # Blocks after encoder_depth and the output layer do not shape h_den.
+    assert norm(g_params["sit"]["blocks_2"]) == 0
+    assert norm(g_params["sit"]["final_layer"]) == 0
+    assert norm(g_disc["params"]) > 0  # ... which is why the step never applies it to D.
+
+
+def test_ema_and_metrics():
+    config = tiny_config()
+    states, metrics = run_steps(config, 1, 1)
+    expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, states[0].ema_params, states[1].params)
+    assert_trees_close(states[1].ema_params, expected, rtol=1e-6, atol=1e-7)
+    m = metrics[0]
+    assert set(m) == {
+        "loss",
+        "velocity",
+        "patch",
+        "struc",
+        "adv",
+        "disc_loss",
+        "disc_acc_real",
+        "disc_acc_fake",
+        "grad_norm",
+    }
+    assert all(np.isfinite(v) for v in m.values())
+    lc = config.loss
+    np.testing.assert_allclose(
+        m["loss"],
+        m["velocity"]
+        + lc.patch_weight * m["patch"]
+        + lc.struc_weight * m["struc"]
+        + lc.adv_weight * m["adv"],
+        rtol=1e-5,
+    )
+    # At init the SiT predicts exactly 0, so L_velocity = E[(eps - x0)^2].
+    assert 1.0 < m["velocity"] < 3.0
+    assert int(states[1].step) == 1
+
+
+def test_adversarial_warmup_switches_gamma_off():
+    warm, warm_metrics = run_steps(tiny_config(**{"loss.adv_warmup_steps": 1}), 1, 1)
+    off, off_metrics = run_steps(tiny_config(**{"loss.adv_weight": 0.0}), 1, 1)
+    assert_trees_close(warm[1].params, off[1].params, rtol=0, atol=0)
+    np.testing.assert_allclose(warm_metrics[0]["loss"], off_metrics[0]["loss"], rtol=0, atol=0)
+
+
+def test_clean_input_pixel_and_latent():
+    c = tiny_config()
+    image = np.array([[[0, 255, 127]]], np.uint8)
+    np.testing.assert_allclose(
+        clean_input({"image": jnp.asarray(image)}, jax.random.key(0), c.data),
+        [[[-1.0, 1.0, 127 / 127.5 - 1]]],
+        rtol=1e-6,
+    )
+    c.data.space = "latent"
+    mean, std = jnp.full((2, 2, 4), 0.5), jnp.full((2, 2, 4), 2.0)
+    key = jax.random.key(3)
+    z = clean_input({"latent_mean": mean, "latent_std": std}, key, c.data)
+    np.testing.assert_allclose(
+        z, (0.5 + 2.0 * jax.random.normal(key, (2, 2, 4))) * 0.18215, rtol=1e-6
+    )

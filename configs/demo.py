@@ -39,10 +39,10 @@ def get_config():
     c.data.num_workers = 0
 
     c.optim.lr = 5e-4
-    c.train.num_steps = 2000
+    c.train.num_steps = 1000
     c.train.ema_decay = 0.995
     c.train.log_every = 100
-    c.train.checkpoint_every = 1000
+    c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 2
 
     c.sample.num_steps = 50

@@ -301,6 +301,12 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
                 c.encoder.pretrain[name],
             )
         _check(c.encoder.pretrain.lr > 0, "encoder.pretrain.lr", "> 0", c.encoder.pretrain.lr)
+        _check(
+            c.encoder.pretrain.batch_size <= c.encoder.pretrain.num_examples,
+            "encoder.pretrain.batch_size",
+            f"<= encoder.pretrain.num_examples={c.encoder.pretrain.num_examples}",
+            c.encoder.pretrain.batch_size,
+        )
 
     if num_devices is not None:
         _check(

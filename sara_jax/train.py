@@ -22,7 +22,7 @@ from sara_jax.data.pipeline import make_source, make_train_iterator
 from sara_jax.encoders import load_encoder
 from sara_jax.models.sit import SiT
 from sara_jax.train_state import TrainState, build_models, create_train_state
-from sara_jax.train_step import AXIS, make_train_step
+from sara_jax.train_step import AXIS, data_mesh, make_train_step
 
 
 def sample_grid(
@@ -52,7 +52,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     validate(config, num_devices=jax.device_count())
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    mesh = jax.make_mesh((jax.device_count(),), (AXIS,))
+    mesh = data_mesh()
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P(AXIS))
 
@@ -130,4 +130,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         logging.warning("no sample grid: decoding latents needs the SD-VAE, not available yet")
     writer.flush()
     return state
-

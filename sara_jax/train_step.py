@@ -25,6 +25,18 @@ Batch = dict[str, jax.Array]
 AXIS = "data"
 
 
+def data_mesh(devices: list[jax.Device] | None = None) -> Mesh:
+    """A 1D mesh over `devices` (default: all) whose one axis, `data`, splits the batch.
+
+    The axis is of Auto type: only shard_map names it, and arrays made outside the step (the
+    sampler's noise, say) mix freely with the replicated state.
+    """
+    devices = jax.devices() if devices is None else devices
+    return jax.make_mesh(
+        (len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+    )
+
+
 def clean_input(example: Batch, key: jax.Array, data: ml_collections.ConfigDict) -> jax.Array:
     """x0 of one example: the image in [-1, 1] (pixel space) or a scaled VAE posterior sample.
 

@@ -81,6 +81,10 @@ def test_batch_must_divide_over_devices_and_tokens_must_match():
     with pytest.raises(ValueError, match=r"data.global_batch_size must be divisible by .* \(8\)"):
         validate(c, num_devices=8)
     c = demo.get_config()
+    c.encoder.pretrain.num_examples = 100
+    with pytest.raises(ValueError, match=r"encoder.pretrain.batch_size must be <= encoder"):
+        validate(c)
+    c = demo.get_config()
     c.encoder.arch.patch_size = 8
     with pytest.raises(
         ValueError,

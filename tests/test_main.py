@@ -19,6 +19,7 @@ SMALL = [
     "--config.encoder.arch.num_heads=2",
     "--config.encoder.pretrain.steps=5",
     "--config.encoder.pretrain.num_examples=64",
+    "--config.encoder.pretrain.batch_size=32",
     "--config.data.num_examples=640",
     "--config.data.global_batch_size=16",
     "--config.train.log_every=2",

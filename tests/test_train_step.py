@@ -13,7 +13,7 @@ from sara_jax.data.shapes import ShapesSource
 from sara_jax.encoder_preprocess import imagenet_normalize
 from sara_jax.models.dinov2 import DinoV2
 from sara_jax.train_state import build_models, create_train_state
-from sara_jax.train_step import clean_input, generator_loss, make_train_step
+from sara_jax.train_step import clean_input, data_mesh, generator_loss, make_train_step
 
 BATCH = 16
 
@@ -57,7 +57,7 @@ def global_batch():
 
 def run_steps(config, num_devices, num_steps, disc_gate=None):
     """Runs the step on the first num_devices devices; returns every state and metric."""
-    mesh = jax.make_mesh((num_devices,), ("data",), devices=jax.devices()[:num_devices])
+    mesh = data_mesh(jax.devices()[:num_devices])
     features, enc_params = random_encoder()
     models = build_models(config, 16)
     state = create_train_state(config, models, 16, jax.random.key(0))
@@ -82,14 +82,16 @@ def test_eight_devices_match_one_device(bn_mode):
     assert jax.device_count() >= 8, (
         "tests expect XLA_FLAGS=--xla_force_host_platform_device_count=8"
     )
-    config = tiny_config(**{"disc.bn_mode": bn_mode})
+    # Adam with eps 1e-8 turns float reduction-order noise on near-zero gradients into
+    # lr-sized steps; eps 1e-3 keeps the comparison about the sharding, not that amplification.
+    config = tiny_config(**{"disc.bn_mode": bn_mode, "optim.eps": 1e-3, "disc.optim.eps": 1e-3})
     states1, metrics1 = run_steps(config, 1, 2)
     states8, metrics8 = run_steps(config, 8, 2)
     for m1, m8 in zip(metrics1, metrics8, strict=True):
-        assert_trees_close(m1, m8, rtol=1e-4, atol=1e-5)
-    # Adam divides by sqrt(v): where a gradient is ~0, reduction-order noise moves an
-    # update by a fraction of lr (5e-4); a device-count dependence would move it by ~lr.
-    assert_trees_close(states1[-1], states8[-1], rtol=1e-4, atol=1e-5)
+        assert_trees_close(m1, m8, rtol=1e-4, atol=1e-6)
+    # Train-mode BN's variance over pmean-ed moments adds float noise to D's gradients; a
+    # sharding bug would move params by ~lr (5e-4), not by a tenth of it.
+    assert_trees_close(states1[-1], states8[-1], rtol=1e-4, atol=5e-5)
 
 
 @pytest.mark.parametrize("disc_gate", ["mask", "cond"])
@@ -195,7 +197,7 @@ def test_clean_input_pixel_and_latent():
     np.testing.assert_allclose(
         clean_input({"image": jnp.asarray(image)}, jax.random.key(0), c.data),
         [[[-1.0, 1.0, 127 / 127.5 - 1]]],
-        rtol=1e-6,
+        atol=1e-7,
     )
     c.data.space = "latent"
     mean, std = jnp.full((2, 2, 4), 0.5), jnp.full((2, 2, 4), 2.0)

@@ -32,6 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.encoder_depth = 8  # Block whose output is aligned (1-based).
     c.model.class_dropout = 0.1
     c.model.compute_dtype = "bfloat16"
+    c.model.remat = False  # Recompute each SiT block in the backward pass (saves memory).
 
     c.projector = ml_collections.ConfigDict()
     c.projector.width = 2048
@@ -85,9 +86,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     c.train.num_steps = 400_000
     c.train.ema_decay = 0.9999
+    c.train.grad_accum_steps = 1  # Micro-batches per step; the global batch is unchanged.
+    c.train.nonfinite = "stop"  # A NaN/inf step is never applied; then "stop" or "skip".
     c.train.log_every = 100
     c.train.checkpoint_every = 50_000
-    c.train.keep_checkpoints = 3
+    c.train.keep_checkpoints = 3  # The latest N are kept ...
+    c.train.keep_every = 0  # ... and every step divisible by this, if > 0.
+    c.train.sample_every = 0  # Steps between preview grids (0: only at the end).
 
     c.sample = ml_collections.ConfigDict()
     c.sample.num_steps = 50  # Euler ODE steps of the preview grid.
@@ -175,6 +180,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
         "data.num_examples",
         "data.global_batch_size",
         "train.num_steps",
+        "train.grad_accum_steps",
         "train.log_every",
         "train.checkpoint_every",
         "train.keep_checkpoints",
@@ -193,6 +199,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
         "disc.optim.weight_decay",
         "data.num_workers",
         "sample.cfg_scale",
+        "train.keep_every",
+        "train.sample_every",
     ]
     for name in non_negative:
         _check(fields[name] >= 0, name, ">= 0", fields[name])
@@ -235,6 +243,12 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     )
     _check(
         c.disc.bn_mode in ("frozen", "train"), "disc.bn_mode", "'frozen' or 'train'", c.disc.bn_mode
+    )
+    _check(
+        c.train.nonfinite in ("stop", "skip"),
+        "train.nonfinite",
+        "'stop' or 'skip'",
+        c.train.nonfinite,
     )
     _check(c.data.space in ("pixel", "latent"), "data.space", "'pixel' or 'latent'", c.data.space)
     _check(
@@ -309,9 +323,11 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
         )
 
     if num_devices is not None:
+        accum = c.train.grad_accum_steps
         _check(
-            c.data.global_batch_size % num_devices == 0,
+            c.data.global_batch_size % (num_devices * accum) == 0,
             "data.global_batch_size",
-            f"divisible by the number of devices ({num_devices})",
+            f"divisible by the number of devices ({num_devices}) x train.grad_accum_steps "
+            f"({accum})",
             c.data.global_batch_size,
         )

@@ -1,8 +1,12 @@
 """Entry point: `python -m sara_jax.main --config=configs/demo.py --workdir=DIR`.
 
 Any config field can be overridden on the command line, e.g. `--config.optim.lr=2e-4`.
+On a TPU pod or a multi-host GPU cluster, run the same command on every host with
+`--distributed`: the mesh then spans the devices of all hosts and each host feeds its own
+share of every global batch.
 """
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -10,12 +14,27 @@ from sara_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and samples go.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Call jax.distributed.initialize() first (one process per host; the coordinator is found "
+    "from the TPU or SLURM/Open MPI environment).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _DISTRIBUTED.value:
+        jax.distributed.initialize()
+    logging.info(
+        "process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
     logging.info("config:\n%s", _CONFIG.value)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

@@ -3,6 +3,9 @@
 Read top to bottom: everything a run does happens in `train_and_evaluate`.
 """
 
+import signal
+import threading
+import time
 from pathlib import Path
 
 import grain
@@ -12,7 +15,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers, parameter_overview, periodic_actions
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -25,36 +28,71 @@ from sara_jax.train_state import TrainState, build_models, create_train_state
 from sara_jax.train_step import AXIS, data_mesh, make_train_step
 
 
-def sample_grid(
-    config: ml_collections.ConfigDict, sit: SiT, params: dict, key: jax.Array
-) -> np.ndarray:
-    """Class-conditional samples with the Euler ODE sampler, one row per shown class.
+def make_sampler(config: ml_collections.ConfigDict, sit: SiT):
+    """A jitted `(params, key) -> uint8 (classes, per_class, H, W, 3)` preview-grid sampler.
 
-    Returns: uint8 (classes, per_class, H, W, 3).
+    Classes are spread evenly over the label range; Euler ODE with classifier-free guidance.
     """
     s, m = config.sample, config.model
     rows = min(s.num_classes_shown, m.num_classes)
     classes = np.linspace(0, m.num_classes - 1, rows).round().astype(np.int32)
     labels = jnp.repeat(jnp.asarray(classes), s.per_class)
-    noise = jax.random.normal(key, (labels.shape[0], m.input_size, m.input_size, m.in_channels))
 
-    def velocity(x, t, y):
-        return sit.apply({"params": params}, x, t, y)[0]
+    @jax.jit
+    def sample(params: dict, key: jax.Array) -> jax.Array:
+        def velocity(x, t, y):
+            return sit.apply({"params": params}, x, t, y)[0]
 
-    guided = sampling.guided_velocity(velocity, m.num_classes, s.cfg_scale)
-    run = jax.jit(lambda noise, labels: sampling.euler_ode(guided, noise, labels, s.num_steps))
-    x = np.asarray(run(noise, labels))
-    return images.to_uint8(x).reshape(rows, s.per_class, *x.shape[1:])
+        guided = sampling.guided_velocity(velocity, m.num_classes, s.cfg_scale)
+        shape = (labels.shape[0], m.input_size, m.input_size, m.in_channels)
+        return sampling.euler_ode(guided, jax.random.normal(key, shape), labels, s.num_steps)
+
+    def grid(params: dict, key: jax.Array) -> np.ndarray:
+        x = np.asarray(sample(params, key))
+        return images.to_uint8(x).reshape(rows, s.per_class, *x.shape[1:])
+
+    return grid
+
+
+class Preemption:
+    """Turns SIGTERM (how TPU VMs and schedulers announce preemption) into a flag the loop
+    checks at step boundaries; with several processes, orbax's sync point makes all hosts agree
+    on the step to stop at."""
+
+    def __init__(self, manager: ocp.CheckpointManager):
+        self._manager = manager
+        self._signalled = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: self._signalled.set())
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            return self._manager.reached_preemption(step)
+        return self._signalled.is_set()
+
+
+def check_finite(metrics: dict, step: int, mode: str) -> None:
+    """Raises (mode "stop") or warns (mode "skip") when the step's update was not applied."""
+    if metrics["nonfinite"] == 0:
+        return
+    bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
+    message = (
+        f"step {step}: non-finite {', '.join(bad)}; the update was not applied "
+        f"(train.nonfinite={mode!r})"
+    )
+    if mode == "stop":
+        raise FloatingPointError(message)
+    logging.warning(message)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Trains (resuming from the latest checkpoint in workdir) and writes a sample grid."""
+    """Trains (resuming from the latest checkpoint in workdir) and writes sample grids."""
     validate(config, num_devices=jax.device_count())
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = data_mesh()
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P(AXIS))
+    t = config.train
 
     source = make_source(config.data)
     encoder = load_encoder(config, source)
@@ -63,6 +101,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         lambda key: create_train_state(config, models, encoder.num_tokens, key),
         out_shardings=replicated,
     )(jax.random.key(config.seed))
+    parameter_overview.log_parameter_overview(state.params, msg="SiT and projector")
+    parameter_overview.log_parameter_overview(state.disc, msg="discriminator")
     encoder_params = jax.device_put(encoder.params, replicated)
     iterator = make_train_iterator(
         source,
@@ -73,11 +113,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         num_workers=config.data.num_workers,
     )
 
+    # Orbax writes each checkpoint to a temporary directory and renames it when complete, so a
+    # kill during a save leaves nothing that a restart would pick up.
     manager = ocp.CheckpointManager(
         (workdir / "checkpoints").absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=t.keep_checkpoints, keep_period=t.keep_every or None
+        ),
     )
+
+    def save(step: int) -> None:
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(iterator),
+            ),
+        )
+
     if manager.latest_step() is not None:
+        # The per-example randomness is a function of (seed, step, example index), so the
+        # state and the iterator position are all a resume needs.
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
         restored = manager.restore(
             manager.latest_step(),
@@ -91,42 +147,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     writer.write_hparams(dict(flat_items(config)))
-    report = periodic_actions.ReportProgress(num_train_steps=config.train.num_steps, writer=writer)
+    report = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer)
     train_step = make_train_step(config, models, encoder.features, mesh)
+    sample_grid = make_sampler(config, models.sit) if config.data.space == "pixel" else None
+    sample_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+    preemption = Preemption(manager)
 
-    history = []
-    for step in range(int(state.step), config.train.num_steps):
+    def write_samples(step: int) -> None:
+        if sample_grid is None:
+            logging.warning("no sample grid: decoding latents needs the SD-VAE, not available yet")
+            return
+        params = state.ema_params if config.sample.use_ema else state.params
+        grid = sample_grid(params["sit"], sample_key)
+        rows, cols, h, w, c = grid.shape
+        tiled = grid.transpose(0, 2, 1, 3, 4).reshape(1, rows * h, cols * w, c)
+        writer.write_images(step, {"samples": tiled})
+        if jax.process_index() == 0:
+            images.save_grid(grid, workdir / "samples.png")
+            logging.info("step %d: wrote %s", step, workdir / "samples.png")
+
+    history, previous, window_start = [], None, time.perf_counter()
+    for step in range(int(state.step), t.num_steps):
         local = next(iterator)
         batch = {
             k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()
         }
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
             state, metrics = train_step(state, batch, encoder_params)
+        # Checking the previous step keeps one step in flight while the host waits.
+        if previous is not None:
+            check_finite(jax.device_get(previous), step - 1, t.nonfinite)
+        previous = metrics
         history.append(metrics)
         done = step + 1
         report(done)
-        if done % config.train.log_every == 0 or done == config.train.num_steps:
+        if done % t.log_every == 0 or done == t.num_steps:
             summary = {k: float(np.mean([m[k] for m in jax.device_get(history)])) for k in metrics}
+            seconds = (time.perf_counter() - window_start) / len(history)
+            summary |= {
+                "learning_rate": config.optim.lr,
+                "step_time": seconds,
+                "images_per_sec": config.data.global_batch_size / seconds,
+            }
             writer.write_scalars(done, summary)
-            history = []
-        if done % config.train.checkpoint_every == 0 or done == config.train.num_steps:
-            manager.save(
-                done,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state),
-                    data=grain.checkpoint.CheckpointSave(iterator),
-                ),
-            )
+            history, window_start = [], time.perf_counter()
+        if preemption.reached(done):
+            check_finite(jax.device_get(previous), step, t.nonfinite)
+            save(done)
+            logging.warning("preempted: saving step %d and exiting", done)
+            break
+        if done % t.checkpoint_every == 0 or done == t.num_steps:
+            check_finite(jax.device_get(previous), step, t.nonfinite)
+            save(done)
+        if t.sample_every and done % t.sample_every == 0 and done != t.num_steps:
+            write_samples(done)
     manager.wait_until_finished()
-
-    if config.data.space == "pixel":
-        params = state.ema_params if config.sample.use_ema else state.params
-        key = jax.random.fold_in(jax.random.key(config.seed), 1)
-        grid = sample_grid(config, models.sit, params["sit"], key)
-        if jax.process_index() == 0:
-            images.save_grid(grid, workdir / "samples.png")
-            logging.info("wrote %s", workdir / "samples.png")
-    else:
-        logging.warning("no sample grid: decoding latents needs the SD-VAE, not available yet")
+    manager.close()
+    if int(state.step) == t.num_steps:
+        write_samples(t.num_steps)
     writer.flush()
     return state

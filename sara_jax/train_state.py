@@ -61,6 +61,7 @@ def build_models(config: ml_collections.ConfigDict, z_dim: int) -> Models:
         encoder_depth=m.encoder_depth,
         mlp_ratio=m.mlp_ratio,
         dtype=dtype,
+        remat=m.remat,
     )
     projector = Projector(width=config.projector.width, z_dim=z_dim, dtype=dtype)
     # Train-mode BatchNorm averages its batch statistics over the data axis, so the result does

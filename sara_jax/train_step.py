@@ -139,6 +139,47 @@ def disc_objective(
     return losses.discriminator_loss(real_logits, fake_logits), (stats, accuracy)
 
 
+def accumulated_gradients(
+    params: PyTree,
+    disc: PyTree,
+    inputs: Batch,
+    models: Models,
+    config: ml_collections.ConfigDict,
+    gamma: jax.Array,
+) -> tuple[jax.Array, dict[str, jax.Array], jax.Array, PyTree]:
+    """Gradient of `generator_loss` over the local batch, in `train.grad_accum_steps` pieces.
+
+    The loss is a mean over examples, so the mean over equal micro-batches is the full-batch
+    value; only one micro-batch's activations are alive at a time.
+    Returns: total loss, its terms, h_den (B, N, D) of the whole local batch, gradients.
+    """
+    grad_fn = jax.value_and_grad(generator_loss, has_aux=True)
+    accum = config.train.grad_accum_steps
+    if accum == 1:
+        (total, (terms, h_den)), grads = grad_fn(params, disc, inputs, models, config, gamma)
+        return total, terms, h_den, grads
+
+    micro = jax.tree.map(lambda x: x.reshape(accum, -1, *x.shape[1:]), inputs)
+
+    def add_micro_batch(carry, micro_inputs):
+        (total, (terms, h_den)), grads = grad_fn(params, disc, micro_inputs, models, config, gamma)
+        return jax.tree.map(jnp.add, carry, (total, terms, grads)), h_den
+
+    shapes = jax.eval_shape(
+        lambda p, mb: grad_fn(p, disc, mb, models, config, gamma),
+        params,
+        jax.tree.map(lambda x: x[0], micro),
+    )
+    (_, (terms_shape, _)), grads_shape = shapes
+    zeros = jax.tree.map(
+        lambda s: jnp.zeros(s.shape, s.dtype), (shapes[0][0], terms_shape, grads_shape)
+    )
+    zeros = lax.pcast(zeros, AXIS, to="varying")
+    sums, h_den = lax.scan(add_micro_batch, zeros, micro)
+    total, terms, grads = jax.tree.map(lambda x: x / accum, sums)
+    return total, terms, h_den.reshape(-1, *h_den.shape[2:]), grads
+
+
 def make_train_step(
     config: ml_collections.ConfigDict,
     models: Models,
@@ -183,7 +224,7 @@ def make_train_step(
         # Differentiate w.r.t. a per-device copy of the params so the gradient is the local one;
         # pmean then averages it over the global batch.
         local_params = lax.pcast(state.params, AXIS, to="varying")
-        (total, (terms, h_den)), grads = jax.value_and_grad(generator_loss, has_aux=True)(
+        total, terms, h_den, grads = accumulated_gradients(
             local_params, state.disc, inputs, models, config, gamma
         )
         grads = lax.pmean(grads, AXIS)
@@ -242,6 +283,15 @@ def make_train_step(
             opt_state=opt_state,
             disc_opt_state=disc_opt_state,
         )
+        # A NaN/inf anywhere is never applied: the state stays the last finite one (the select
+        # fuses into the elementwise optimizer update). The host decides to stop or go on.
+        finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in metrics.values()]))
+        new_state = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old),
+            new_state,
+            state.replace(step=new_state.step),
+        )
+        metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
         return new_state, metrics
 
     step = jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()))

@@ -78,7 +78,9 @@ def test_unknown_missing_and_mistyped_fields():
 def test_batch_must_divide_over_devices_and_tokens_must_match():
     c = demo.get_config()
     c.data.global_batch_size = 12
-    with pytest.raises(ValueError, match=r"data.global_batch_size must be divisible by .* \(8\)"):
+    with pytest.raises(
+        ValueError, match=r"data.global_batch_size must be divisible by the number of devices \(8\)"
+    ):
         validate(c, num_devices=8)
     c = demo.get_config()
     c.encoder.pretrain.num_examples = 100

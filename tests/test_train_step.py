@@ -206,3 +206,72 @@ def test_clean_input_pixel_and_latent():
     np.testing.assert_allclose(
         z, (0.5 + 2.0 * jax.random.normal(key, (2, 2, 4))) * 0.18215, rtol=1e-6
     )
+
+
+def test_gradient_accumulation_equals_one_full_batch():
+    overrides = {"optim.eps": 1e-3, "disc.optim.eps": 1e-3}
+    full_states, full_metrics = run_steps(tiny_config(**overrides), 2, 1)
+    accum = tiny_config(**overrides, **{"train.grad_accum_steps": 2})
+    validate(accum, num_devices=2)
+    accum_states, accum_metrics = run_steps(accum, 2, 1)
+    assert_trees_close(full_metrics, accum_metrics, rtol=1e-4, atol=1e-6)
+    assert_trees_close(full_states[-1], accum_states[-1], rtol=1e-4, atol=5e-5)
+
+
+def test_remat_gives_the_same_loss_and_update():
+    plain_states, plain_metrics = run_steps(tiny_config(), 1, 1)
+    remat_states, remat_metrics = run_steps(tiny_config(**{"model.remat": True}), 1, 1)
+    assert_trees_close(plain_metrics, remat_metrics, rtol=1e-6, atol=1e-7)
+    assert_trees_close(plain_states[-1].params, remat_states[-1].params, rtol=1e-5, atol=1e-7)
+
+
+def latent_setup():
+    """A latent-space config (8x8x4 latents of 64x64 images, 16 tokens) and one batch."""
+    c = tiny_config(
+        **{
+            "data.space": "latent",
+            "data.image_size": 64,
+            "encoder.image_size": 64,
+            "encoder.arch.patch_size": 16,
+            "model.input_size": 8,
+            "model.in_channels": 4,
+            "model.patch_size": 2,
+        }
+    )
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 256, (BATCH, 64, 64, 3), dtype=np.uint8),
+        "label": rng.integers(0, 10, BATCH).astype(np.int32),
+        "latent_mean": rng.normal(size=(BATCH, 8, 8, 4)).astype(np.float32),
+        "latent_std": np.full((BATCH, 8, 8, 4), 0.1, np.float32),
+    }
+    return c, batch
+
+
+def test_a_nan_in_the_batch_is_not_applied_and_is_named():
+    from sara_jax.train import check_finite
+
+    config, batch = latent_setup()
+    batch["latent_mean"][3, 1, 2, 0] = np.nan
+    mesh = data_mesh(jax.devices()[:2])
+    module = DinoV2(patch_size=16, embed_dim=16, depth=1, num_heads=2, pos_grid=4)
+    enc_params = module.init(jax.random.key(7), jnp.zeros((1, 64, 64, 3)))["params"]
+
+    def features(params, images):
+        return module.apply({"params": params}, imagenet_normalize(images))["x_norm_patchtokens"]
+
+    models = build_models(config, 16)
+    state = create_train_state(config, models, 16, jax.random.key(0))
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+    before = jax.device_get(state)
+    step = make_train_step(config, models, features, mesh)
+    batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
+    state, metrics = step(state, batch, jax.device_put(enc_params, NamedSharding(mesh, P())))
+    metrics = jax.device_get(metrics)
+    assert metrics["nonfinite"] == 1.0
+    after = jax.device_get(state)
+    assert int(after.step) == 1
+    assert_trees_close(after.replace(step=before.step), before, rtol=0, atol=0)
+    with pytest.raises(FloatingPointError, match=r"step 0: non-finite .*velocity"):
+        check_finite(metrics, 0, "stop")
+    check_finite(metrics, 0, "skip")  # warns and goes on

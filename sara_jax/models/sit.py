@@ -172,6 +172,8 @@ class SiT(nn.Module):
         `num_classes`, which the caller substitutes for dropped labels (classifier-free guidance).
       encoder_depth: 1-based index of the block whose output is returned as the hidden state.
       dtype: compute dtype of matmuls; parameters are float32, norms and residuals float32.
+      remat: recompute each block's activations in the backward pass (jax.checkpoint) instead
+        of storing them: less memory for about one more forward pass.
     """
 
     input_size: int
@@ -184,6 +186,7 @@ class SiT(nn.Module):
     encoder_depth: int
     mlp_ratio: float = 4.0
     dtype: jnp.dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -232,9 +235,10 @@ class SiT(nn.Module):
         )(y)
         c = t_emb.astype(jnp.float32) + y_emb
 
+        block = nn.remat(SiTBlock) if self.remat else SiTBlock
         hidden = None
         for i in range(self.depth):
-            h = SiTBlock(
+            h = block(
                 self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}"
             )(h, c)
             if i + 1 == self.encoder_depth:

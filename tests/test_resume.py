@@ -1,0 +1,87 @@
+"""Preemption and exact resume through the real CLI (subprocesses on 8 CPU devices)."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from test_main import SMALL
+
+
+def command(workdir, cache, *flags):
+    return [
+        sys.executable, "-m", "sara_jax.main", f"--workdir={workdir}", *SMALL,
+        f"--config.encoder.pretrain.cache_dir={cache}", "--config.train.log_every=1",
+        "--config.train.checkpoint_every=2", *flags,
+    ]  # fmt: skip
+
+
+ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+
+
+def losses_by_step(log: str) -> dict[int, str]:
+    """The logged `loss=` value of every step, as printed (six significant digits)."""
+    return {int(m[1]): m[2] for m in re.finditer(r"\] \[(\d+)\] adv=.*? loss=([-\d.e]+)", log)}
+
+
+def wait_for(path, process, timeout=300):
+    start = time.time()
+    while not path.exists():
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.time() - start < timeout, f"{path} never appeared"
+        time.sleep(0.2)
+
+
+def restore_state(checkpoint_dir):
+    return ocp.StandardCheckpointer().restore((checkpoint_dir / "state").absolute())
+
+
+def test_sigkill_mid_run_then_restart_reproduces_the_uninterrupted_run(tmp_path):
+    cache = tmp_path / "cache"
+    flags = ["--config.train.num_steps=7"]
+    straight = subprocess.run(
+        command(tmp_path / "a", cache, *flags), capture_output=True, text=True, env=ENV,
+        timeout=600,
+    )  # fmt: skip
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed = subprocess.Popen(
+        command(tmp_path / "b", cache, *flags), stderr=subprocess.PIPE, text=True, env=ENV
+    )
+    wait_for(tmp_path / "b" / "checkpoints" / "2", killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    resumed = subprocess.run(
+        command(tmp_path / "b", cache, *flags), capture_output=True, text=True, env=ENV,
+        timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    start = int(re.search(r"resumed from step (\d+)", resumed.stderr)[1])
+    assert start in (2, 4, 6)
+
+    expected, got = losses_by_step(straight.stderr), losses_by_step(resumed.stderr)
+    assert sorted(got) == list(range(start + 1, 8))
+    assert all(got[s] == expected[s] for s in got), (got, expected)
+    a = restore_state(tmp_path / "a" / "checkpoints" / "7")
+    b = restore_state(tmp_path / "b" / "checkpoints" / "7")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)  # bitwise
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    run = subprocess.Popen(
+        command(tmp_path / "run", tmp_path / "cache", "--config.train.num_steps=100000"),
+        stderr=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+    wait_for(tmp_path / "run" / "checkpoints" / "2", run)
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr[-3000:]
+    saved = int(re.search(r"preempted: saving step (\d+)", stderr)[1])
+    assert (tmp_path / "run" / "checkpoints" / str(saved)).is_dir()
+    assert int(restore_state(tmp_path / "run" / "checkpoints" / str(saved))["step"]) == saved

@@ -1,11 +1,17 @@
-"""SiT-L/2 + SARA on ImageNet-256 (paper Table 4, Table 1a row): 400K steps, alignment depth 8."""
+"""SiT-L/2 on ImageNet-256 (paper Table 4; Table 1a): alignment depth 8.
 
-from sara_jax.config import base_config, sit_preset
+`--config=configs/sit_l.py` is SARA; `:repa` aligns patches only, `:none` trains a plain SiT.
+"""
+
+from sara_jax.config import base_config, set_alignment, sit_preset
+
+VARIANTS = ("sara", "repa", "none")
 
 
-def get_config():
+def get_config(arg: str = "sara"):
     config = base_config()
     sit_preset(config, "L")
     config.model.encoder_depth = 8
     config.train.num_steps = 400_000
+    set_alignment(config, {"sara": "patch,struc,adv", "repa": "patch", "none": "none"}[arg])
     return config

@@ -120,6 +120,22 @@ def sit_preset(config: ml_collections.ConfigDict, size: str, patch_size: int = 2
     config.model.patch_size = patch_size
 
 
+def set_alignment(config: ml_collections.ConfigDict, terms: str) -> None:
+    """Switches alignment terms on at the paper's weights and the others off.
+
+    Args:
+      terms: comma-separated subset of "patch", "struc", "adv" (lambda 0.5, beta 0.5,
+        gamma 0.05), or "none" for a plain SiT. "patch" alone is REPA.
+    """
+    chosen = set() if terms == "none" else set(terms.split(","))
+    weights = {"patch": 0.5, "struc": 0.5, "adv": 0.05}
+    if unknown := chosen - weights.keys():
+        raise ValueError(f"unknown alignment terms {sorted(unknown)}; choose from {list(weights)}")
+    config.loss.patch_weight = weights["patch"] if "patch" in chosen else 0.0
+    config.loss.struc_weight = weights["struc"] if "struc" in chosen else 0.0
+    config.loss.adv_weight = weights["adv"] if "adv" in chosen else 0.0
+
+
 def flat_items(c: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """(dotted field name, value) of every leaf of a ConfigDict."""
     for key, value in c.items():

@@ -1,8 +1,11 @@
+import importlib.util
+from pathlib import Path
+
 import ml_collections
 import pytest
 
-from configs import demo, sit_b, sit_l, sit_xl
-from sara_jax.config import base_config, validate
+from configs import demo, sit_b, sit_l, sit_xl, table2_alignment, table3_weights, table5_encoders
+from sara_jax.config import base_config, set_alignment, validate
 
 
 @pytest.mark.parametrize(
@@ -93,3 +96,36 @@ def test_batch_must_divide_over_devices_and_tokens_must_match():
         match=r"as many tokens as the SiT \(64\), not 16",
     ):
         validate(c)
+
+
+def every_config():
+    """(file name, arg) for every configs/*.py file and each of its paper variants."""
+    for path in sorted(Path("configs").glob("*.py")):
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for arg in getattr(module, "VARIANTS", (None,)):
+            yield path.name, module, arg
+
+
+@pytest.mark.parametrize("name,module,arg", list(every_config()))
+def test_every_config_file_and_variant_validates(name, module, arg):
+    c = module.get_config() if arg is None else module.get_config(arg)
+    validate(c, num_devices=8)
+
+
+def test_variants_switch_the_right_terms():
+    c = sit_l.get_config("repa")
+    assert (c.loss.patch_weight, c.loss.struc_weight, c.loss.adv_weight) == (0.5, 0.0, 0.0)
+    c = sit_b.get_config("none")
+    assert (c.loss.patch_weight, c.loss.struc_weight, c.loss.adv_weight) == (0.0, 0.0, 0.0)
+    c = table2_alignment.get_config("struc,adv")
+    assert (c.loss.patch_weight, c.loss.struc_weight, c.loss.adv_weight) == (0.0, 0.5, 0.05)
+    c = table3_weights.get_config("0.1,0.01")
+    assert (c.loss.patch_weight, c.loss.struc_weight, c.loss.adv_weight) == (0.5, 0.1, 0.01)
+    c = table5_encoders.get_config("dinov2-giant,repa,12")
+    assert c.encoder.checkpoint == "facebook/dinov2-giant" and c.model.encoder_depth == 12
+    assert (c.model.depth, c.loss.struc_weight) == (24, 0.0)
+    assert sit_xl.get_config().sample.cfg_scale == 1.35
+    with pytest.raises(ValueError, match="unknown alignment terms"):
+        set_alignment(base_config(), "patch,strucc")

@@ -17,9 +17,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and sam
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
     False,
-    "Call jax.distributed.initialize() first (one process per host; the coordinator is found "
-    "from the TPU or SLURM/Open MPI environment).",
+    "Call jax.distributed.initialize() first: one process per host. On TPU pods, SLURM and "
+    "Open MPI the three flags below are found from the environment.",
 )
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -27,7 +30,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _DISTRIBUTED.value:
-        jax.distributed.initialize()
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     logging.info(
         "process %d of %d, %d local / %d global devices",
         jax.process_index(),

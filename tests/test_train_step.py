@@ -159,17 +159,10 @@ def test_ema_and_metrics():
     assert_trees_close(states[1].ema_params, expected, rtol=1e-6, atol=1e-7)
     m = metrics[0]
     assert set(m) == {
-        "loss",
-        "velocity",
-        "patch",
-        "struc",
-        "adv",
-        "disc_loss",
-        "disc_acc_real",
-        "disc_acc_fake",
-        "grad_norm",
-    }
-    assert all(np.isfinite(v) for v in m.values())
+        "loss", "velocity", "patch", "struc", "adv", "disc_loss", "disc_acc_real",
+        "disc_acc_fake", "grad_norm", "nonfinite",
+    }  # fmt: skip
+    assert all(np.isfinite(v) for v in m.values()) and m["nonfinite"] == 0
     lc = config.loss
     np.testing.assert_allclose(
         m["loss"],

@@ -3,15 +3,10 @@
 `--config=configs/sit_l.py` is SARA; `:repa` aligns patches only, `:none` trains a plain SiT.
 """
 
-from sara_jax.config import base_config, set_alignment, sit_preset
+from sara_jax.config import METHODS, paper_config
 
-VARIANTS = ("sara", "repa", "none")
+VARIANTS = tuple(METHODS)
 
 
 def get_config(arg: str = "sara"):
-    config = base_config()
-    sit_preset(config, "L")
-    config.model.encoder_depth = 8
-    config.train.num_steps = 400_000
-    set_alignment(config, {"sara": "patch,struc,adv", "repa": "patch", "none": "none"}[arg])
-    return config
+    return paper_config("L", 8, 400_000, METHODS[arg])

@@ -3,17 +3,12 @@
 `--config=configs/table3_weights.py:0.1,0.05` sets beta = 0.1, gamma = 0.05.
 """
 
-from sara_jax.config import base_config, sit_preset
+from sara_jax.config import METHODS, paper_config
 
 VARIANTS = ("0.1,0.01", "0.1,0.05", "0.5,0.01", "0.5,0.05")
 
 
 def get_config(arg: str = "0.5,0.05"):
-    beta, gamma = (float(v) for v in arg.split(","))
-    config = base_config()
-    sit_preset(config, "XL")
-    config.model.encoder_depth = 8
-    config.train.num_steps = 400_000
-    config.loss.struc_weight = beta
-    config.loss.adv_weight = gamma
+    config = paper_config("XL", 8, 400_000, METHODS["sara"])
+    config.loss.struc_weight, config.loss.adv_weight = (float(v) for v in arg.split(","))
     return config

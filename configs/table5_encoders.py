@@ -2,11 +2,11 @@
 alignment depths.
 
 `--config=configs/table5_encoders.py:dinov2-large,sara,8`: encoder (a Hugging Face DINOv2
-checkpoint), method (`repa` = patch alignment only, `sara` = all three terms), alignment depth.
-The MAE-L, MoCov3-L and CLIP-L rows need their encoders ported first.
+checkpoint), method (`repa` or `sara`), alignment depth. The MAE-L, MoCov3-L and CLIP-L rows
+need their encoders ported first.
 """
 
-from sara_jax.config import base_config, set_alignment, sit_preset
+from sara_jax.config import METHODS, paper_config
 
 VARIANTS = tuple(
     f"dinov2-{size},{method},8"
@@ -17,10 +17,6 @@ VARIANTS = tuple(
 
 def get_config(arg: str = "dinov2-base,sara,8"):
     encoder, method, depth = arg.split(",")
-    config = base_config()
-    sit_preset(config, "L")
-    config.train.num_steps = 400_000
+    config = paper_config("L", int(depth), 400_000, METHODS[method])
     config.encoder.checkpoint = f"facebook/{encoder}"
-    config.model.encoder_depth = int(depth)
-    set_alignment(config, {"repa": "patch", "sara": "patch,struc,adv"}[method])
     return config

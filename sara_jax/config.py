@@ -120,6 +120,23 @@ def sit_preset(config: ml_collections.ConfigDict, size: str, patch_size: int = 2
     config.model.patch_size = patch_size
 
 
+def paper_config(
+    size: str, encoder_depth: int, num_steps: int, terms: str
+) -> ml_collections.ConfigDict:
+    """A paper run: base_config() with a SiT preset (patch 2), its alignment depth, its length
+    and its alignment terms (see `set_alignment`)."""
+    config = base_config()
+    sit_preset(config, size)
+    config.model.encoder_depth = encoder_depth
+    config.train.num_steps = num_steps
+    set_alignment(config, terms)
+    return config
+
+
+# The methods compared throughout the paper, as sets of alignment terms.
+METHODS = {"sara": "patch,struc,adv", "repa": "patch", "none": "none"}
+
+
 def set_alignment(config: ml_collections.ConfigDict, terms: str) -> None:
     """Switches alignment terms on at the paper's weights and the others off.
 

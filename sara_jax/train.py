@@ -62,7 +62,10 @@ class Preemption:
     def __init__(self, manager: ocp.CheckpointManager):
         self._manager = manager
         self._signalled = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: self._signalled.set())
+        # With several processes JAX's distributed runtime catches SIGTERM itself; a Python
+        # handler would take the signal away from it.
+        if jax.process_count() == 1:
+            signal.signal(signal.SIGTERM, lambda *_: self._signalled.set())
 
     def reached(self, step: int) -> bool:
         if jax.process_count() > 1:
@@ -191,14 +194,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             }
             writer.write_scalars(done, summary)
             history, window_start = [], time.perf_counter()
-        if preemption.reached(done):
+        preempted = preemption.reached(done)
+        if preempted or done % t.checkpoint_every == 0 or done == t.num_steps:
+            # Never save past an unchecked step; once checked, it is not checked again.
             check_finite(jax.device_get(previous), step, t.nonfinite)
+            previous = None
             save(done)
+        if preempted:
             logging.warning("preempted: saving step %d and exiting", done)
             break
-        if done % t.checkpoint_every == 0 or done == t.num_steps:
-            check_finite(jax.device_get(previous), step, t.nonfinite)
-            save(done)
         if t.sample_every and done % t.sample_every == 0 and done != t.num_steps:
             write_samples(done)
     manager.wait_until_finished()

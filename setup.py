@@ -22,5 +22,6 @@ setup(
     packages=find_packages(include=["sara_jax", "sara_jax.*"]),
     python_requires=">=3.11",
     install_requires=_requirements(),
-    extras_require={"test": ["pytest>=8", "ruff>=0.6"]},
+    # torch and transformers are the references of the parity tests; training needs neither.
+    extras_require={"test": ["pytest>=8", "ruff>=0.6", "torch==2.13.0", "transformers>=5.0"]},
 )

@@ -21,7 +21,8 @@ def get_config():
     c.model.compute_dtype = "float32"  # bf16 matmuls are emulated, and slow, on most CPUs.
     c.projector.width = 256
 
-    c.encoder.kind = "demo_vit"
+    c.encoder.name = "demo_vit"
+    c.encoder.checkpoint = ""
     c.encoder.image_size = 32
     c.encoder.compute_dtype = "float32"
     c.encoder.arch.patch_size = 4
@@ -29,6 +30,7 @@ def get_config():
     c.encoder.arch.depth = 3
     c.encoder.arch.num_heads = 4
     c.encoder.pretrain.steps = 150
+    c.disc.checkpoint = ""
 
     c.data.source = "shapes"
     c.data.space = "pixel"

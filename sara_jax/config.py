@@ -10,6 +10,7 @@ from typing import Any
 
 import ml_collections
 
+from sara_jax.encoder_registry import ENCODERS
 from sara_jax.models.sit import PRESETS
 
 DTYPES = ("float32", "bfloat16")
@@ -38,11 +39,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.projector.width = 2048
 
     c.encoder = ml_collections.ConfigDict()
-    c.encoder.kind = "dinov2"  # "dinov2": a published checkpoint; "demo_vit": self-pretrained.
-    c.encoder.checkpoint = "facebook/dinov2-base"  # HF hub name or local path ("dinov2").
-    c.encoder.image_size = 224
+    c.encoder.name = "dinov2_vitb14"  # A key of encoder_registry.ENCODERS.
+    # A Hugging Face hub id, a local directory / .safetensors / .pth file, or a directory of
+    # params written by `python -m sara_jax.convert` (unused by "demo_vit").
+    c.encoder.checkpoint = "facebook/dinov2-base"
+    c.encoder.image_size = 224  # REPA resizes the 256-px images to 224: 16 x 16 patches of 14.
     c.encoder.compute_dtype = "bfloat16"
-    # Architecture and pretraining of the "demo_vit" encoder (unused by "dinov2").
+    # Architecture and pretraining of the "demo_vit" encoder (unused by the others).
     c.encoder.arch = ml_collections.ConfigDict()
     c.encoder.arch.patch_size = 14
     c.encoder.arch.embed_dim = 768
@@ -67,6 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.disc.every = 5  # D is updated on steps with step % every == 0.
     c.disc.use_maxpool = False
     c.disc.bn_mode = "frozen"  # "frozen": running statistics; "train": batch statistics.
+    # ImageNet ResNet-18 weights for bn1, layer1, layer2 ("" = random init): a hub id or path,
+    # torchvision naming (timm/resnet18.tv_in1k holds torchvision's weights) or transformers'.
+    c.disc.checkpoint = "timm/resnet18.tv_in1k"
     c.disc.optim = _adamw_config()
 
     c.optim = _adamw_config()
@@ -263,10 +269,10 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     for name in ["model.compute_dtype", "encoder.compute_dtype"]:
         _check(fields[name] in DTYPES, name, f"one of {DTYPES}", fields[name])
     _check(
-        c.encoder.kind in ("dinov2", "demo_vit"),
-        "encoder.kind",
-        "'dinov2' or 'demo_vit'",
-        c.encoder.kind,
+        c.encoder.name in ENCODERS,
+        "encoder.name",
+        f"one of {sorted(ENCODERS)}",
+        c.encoder.name,
     )
     _check(
         c.loss.struc_reduction in ("mean", "sum"),
@@ -309,7 +315,10 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
         m.in_channels,
     )
 
-    if c.encoder.kind == "demo_vit":
+    spec = ENCODERS[c.encoder.name]
+    patch_field = "encoder.arch.patch_size" if spec.family == "demo_vit" else "encoder.image_size"
+    patch = c.encoder.arch.patch_size if spec.family == "demo_vit" else spec.patch_size
+    if spec.family == "demo_vit":
         a = c.encoder.arch
         for name in ["patch_size", "embed_dim", "depth", "num_heads"]:
             _check(a[name] > 0, f"encoder.arch.{name}", "> 0", a[name])
@@ -326,20 +335,28 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
             f"equal to data.image_size={c.data.image_size} for the demo_vit encoder",
             c.encoder.image_size,
         )
+    else:
         _check(
-            c.encoder.image_size % a.patch_size == 0,
-            "encoder.image_size",
-            f"divisible by encoder.arch.patch_size={a.patch_size}",
-            c.encoder.image_size,
+            bool(c.encoder.checkpoint),
+            "encoder.checkpoint",
+            f"a hub id, path or converted directory (published: {spec.hub_id!r})",
+            c.encoder.checkpoint,
         )
-        enc_tokens = (c.encoder.image_size // a.patch_size) ** 2
-        sit_tokens = (m.input_size // m.patch_size) ** 2
-        _check(
-            enc_tokens == sit_tokens,
-            "encoder.arch.patch_size",
-            f"such that the encoder has as many tokens as the SiT ({sit_tokens}), not {enc_tokens}",
-            a.patch_size,
-        )
+    _check(
+        c.encoder.image_size % patch == 0,
+        "encoder.image_size",
+        f"divisible by the encoder's patch size {patch}",
+        c.encoder.image_size,
+    )
+    enc_tokens = (c.encoder.image_size // patch) ** 2
+    sit_tokens = (m.input_size // m.patch_size) ** 2
+    _check(
+        enc_tokens == sit_tokens,
+        patch_field,
+        f"such that the encoder has as many tokens as the SiT ({sit_tokens}), not {enc_tokens}",
+        fields[patch_field],
+    )
+    if spec.family == "demo_vit":
         for name in ["steps", "batch_size", "num_examples"]:
             _check(
                 c.encoder.pretrain[name] > 0,

@@ -8,14 +8,30 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
-from sara_jax.encoder_preprocess import imagenet_normalize
+from sara_jax.convert import clip as convert_clip
+from sara_jax.convert import dinov2 as convert_dinov2
+from sara_jax.convert.checkpoint import load_state_dict
+from sara_jax.convert.saved import is_converted, restore_converted
+from sara_jax.encoder_preprocess import encoder_inputs
 from sara_jax.encoder_pretrain import demo_vit, pretrained_demo_vit
+from sara_jax.encoder_registry import ENCODERS, EncoderSpec
+from sara_jax.models.clip_vit import ClipVisionTransformer
+from sara_jax.models.dinov2 import DinoV2
 from sara_jax.train_state import dtype_of
 
 PyTree = Any
+
+CONVERTERS = {"dinov2": convert_dinov2.convert, "clip": convert_clip.from_hf}
+PATCH_TOKENS = {
+    "dinov2": "x_norm_patchtokens",
+    "demo_vit": "x_norm_patchtokens",
+    "clip": "patch_tokens",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,27 +47,76 @@ class Encoder:
     num_tokens: int
 
 
+def encoder_module(encoder: ml_collections.ConfigDict) -> nn.Module:
+    """The Flax module `config.encoder` names, for inputs of encoder.image_size pixels."""
+    spec = ENCODERS[encoder.name]
+    dtype = dtype_of(encoder.compute_dtype)
+    if spec.family == "demo_vit":
+        return demo_vit(encoder, dtype)
+    grid = encoder.image_size // spec.patch_size
+    if spec.family == "clip":
+        return ClipVisionTransformer(
+            spec.patch_size, spec.embed_dim, spec.depth, spec.num_heads, grid, dtype=dtype
+        )
+    return DinoV2(
+        patch_size=spec.patch_size,
+        embed_dim=spec.embed_dim,
+        depth=spec.depth,
+        num_heads=spec.num_heads,
+        pos_grid=grid,
+        num_register_tokens=spec.num_register_tokens,
+        ffn=spec.ffn,
+        dtype=dtype,
+    )
+
+
+def expected_params(module: nn.Module, image_size: int) -> PyTree:
+    """The module's param shapes (no compute, no memory)."""
+    images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+    return jax.eval_shape(module.init, jax.random.key(0), images)["params"]
+
+
+def converted_info(encoder: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What identifies converted params: the encoder and its input size (the table's grid)."""
+    return {"name": encoder.name, "image_size": encoder.image_size}
+
+
+def convert_encoder(encoder: ml_collections.ConfigDict, field: str) -> PyTree:
+    """Params for `encoder.name` from the published checkpoint `encoder.checkpoint`."""
+    spec = ENCODERS[encoder.name]
+    expected = expected_params(encoder_module(encoder), encoder.image_size)
+    state_dict = load_state_dict(encoder.checkpoint, field)
+    return CONVERTERS[spec.family](state_dict, encoder.checkpoint, expected)
+
+
 def load_encoder(config: ml_collections.ConfigDict, source: Sequence[dict]) -> Encoder:
     """Builds the encoder `config.encoder` names, with its weights.
 
-    Args:
-      source: the training records, from which the demo encoder is pretrained (and cached).
+    `config.encoder.checkpoint` is a Hugging Face hub id, a local directory or weight file
+    (converted on the fly), or a directory written by `python -m sara_jax.convert` (restored
+    as is). The demo encoder is pretrained on `source`, the training records, and cached.
     """
-    if config.encoder.kind != "demo_vit":
-        raise ValueError(
-            f"config.encoder.kind={config.encoder.kind!r}: loading published checkpoints "
-            f"({config.encoder.checkpoint!r}) is not implemented yet; use 'demo_vit'"
-        )
-    module = demo_vit(config.encoder, dtype_of(config.encoder.compute_dtype))
-    params = pretrained_demo_vit(config, source)
+    encoder = config.encoder
+    spec: EncoderSpec = ENCODERS[encoder.name]
+    module = encoder_module(encoder)
+    field = "config.encoder.checkpoint"
+    if spec.family == "demo_vit":
+        params = pretrained_demo_vit(config, source)
+    elif is_converted(encoder.checkpoint):
+        expected = expected_params(module, encoder.image_size)
+        params = restore_converted(encoder.checkpoint, expected, converted_info(encoder), field)
+    else:
+        params = convert_encoder(encoder, field)
+    params = jax.tree.map(jnp.asarray, params)
+    tokens = PATCH_TOKENS[spec.family]
 
     def features(params: PyTree, images: jax.Array) -> jax.Array:
-        out = module.apply({"params": params}, imagenet_normalize(images))
-        return out["x_norm_patchtokens"]
+        out = module.apply({"params": params}, encoder_inputs(images, spec, encoder.image_size))
+        return out[tokens]
 
     return Encoder(
         features=features,
         params=params,
-        z_dim=config.encoder.arch.embed_dim,
-        num_tokens=module.pos_grid**2,
+        z_dim=module.embed_dim,
+        num_tokens=(encoder.image_size // module.patch_size) ** 2,
     )

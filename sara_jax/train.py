@@ -21,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 from sara_jax import images, sampling
 from sara_jax.config import flat_items, validate
+from sara_jax.convert.resnet import pretrained_discriminator
 from sara_jax.data.pipeline import make_source, make_train_iterator
 from sara_jax.encoders import load_encoder
 from sara_jax.models.sit import SiT
@@ -147,6 +148,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         )
         state = restored.state
         logging.info("resumed from step %d", int(state.step))
+    elif config.disc.checkpoint:
+        # D's ImageNet trunk; its 1x1 stem and logit head stay as initialised.
+        disc = pretrained_discriminator(
+            jax.device_get(state.disc), config.disc.checkpoint, "config.disc.checkpoint"
+        )
+        state = state.replace(disc=jax.device_put(disc, replicated))
 
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     writer.write_hparams(dict(flat_items(config)))

@@ -26,14 +26,14 @@ def test_paper_configs_hold_table_4(module, depth, hidden, heads, encoder_depth,
     assert (c.loss.patch_weight, c.loss.struc_weight, c.loss.adv_weight) == (0.5, 0.5, 0.05)
     assert (c.optim.lr, c.optim.b1, c.optim.b2, c.optim.weight_decay) == (1e-4, 0.9, 0.999, 0)
     assert (c.data.global_batch_size, c.train.ema_decay, c.disc.every) == (256, 0.9999, 5)
-    assert c.encoder.kind == "dinov2" and c.projector.width == 2048
+    assert c.encoder.name == "dinov2_vitb14" and c.projector.width == 2048
 
 
 def test_demo_config_is_valid_and_small():
     c = demo.get_config()
     validate(c, num_devices=8)
     assert c.data.space == "pixel" and c.data.num_classes >= 10
-    assert c.encoder.kind == "demo_vit"
+    assert c.encoder.name == "demo_vit"
 
 
 @pytest.mark.parametrize(
@@ -98,6 +98,24 @@ def test_batch_must_divide_over_devices_and_tokens_must_match():
         validate(c)
 
 
+def test_encoder_fields_are_checked():
+    c = base_config()
+    c.encoder.name = "dinov2_vitb16"
+    with pytest.raises(ValueError, match=r"config.encoder.name must be one of \[.*'dinov2_vitb14'"):
+        validate(c)
+    c = base_config()
+    c.encoder.image_size = 256
+    with pytest.raises(ValueError, match=r"config.encoder.image_size must be divisible by the "):
+        validate(c)
+    c.encoder.image_size = 252
+    with pytest.raises(ValueError, match=r"encoder.image_size must be such that the encoder has "):
+        validate(c)
+    c = base_config()
+    c.encoder.checkpoint = ""
+    with pytest.raises(ValueError, match=r"encoder.checkpoint must be .*'facebook/dinov2-base'"):
+        validate(c)
+
+
 def every_config():
     """(file name, arg) for every configs/*.py file and each of its paper variants."""
     for path in sorted(Path("configs").glob("*.py")):
@@ -123,9 +141,11 @@ def test_variants_switch_the_right_terms():
     assert (c.loss.patch_weight, c.loss.struc_weight, c.loss.adv_weight) == (0.0, 0.5, 0.05)
     c = table3_weights.get_config("0.1,0.01")
     assert (c.loss.patch_weight, c.loss.struc_weight, c.loss.adv_weight) == (0.5, 0.1, 0.01)
-    c = table5_encoders.get_config("dinov2-giant,repa,12")
+    c = table5_encoders.get_config("dinov2_vitg14,repa,12")
     assert c.encoder.checkpoint == "facebook/dinov2-giant" and c.model.encoder_depth == 12
     assert (c.model.depth, c.loss.struc_weight) == (24, 0.0)
+    c = table5_encoders.get_config("clip_vitl14,sara,8")
+    assert c.encoder.checkpoint == "openai/clip-vit-large-patch14"
     assert sit_xl.get_config().sample.cfg_scale == 1.35
     with pytest.raises(ValueError, match="unknown alignment terms"):
         set_alignment(base_config(), "patch,strucc")

@@ -5,7 +5,9 @@ import subprocess
 import sys
 
 import numpy as np
+import orbax.checkpoint as ocp
 from PIL import Image
+from safetensors.numpy import save_file
 
 SMALL = [
     "--config=configs/demo.py",
@@ -48,8 +50,39 @@ def run_main(tmp_path, *flags):
     )
 
 
+def torchvision_resnet18_trunk(path) -> dict[str, np.ndarray]:
+    """Random ResNet-18 bn1/layer1/layer2 weights in torchvision naming, saved to `path`."""
+    rng = np.random.default_rng(0)
+    tensors = {}
+
+    def bn(name, c):
+        for field in ("weight", "bias", "running_mean"):
+            tensors[f"{name}.{field}"] = rng.normal(size=c).astype(np.float32)
+        tensors[f"{name}.running_var"] = rng.uniform(0.5, 2.0, size=c).astype(np.float32)
+
+    bn("bn1", 64)
+    for layer, c_in, c in ((1, 64, 64), (2, 64, 128)):
+        for i in (0, 1):
+            block = f"layer{layer}.{i}"
+            first_in = c_in if i == 0 else c
+            tensors[f"{block}.conv1.weight"] = rng.normal(size=(c, first_in, 3, 3), scale=0.05)
+            tensors[f"{block}.conv2.weight"] = rng.normal(size=(c, c, 3, 3), scale=0.05)
+            bn(f"{block}.bn1", c)
+            bn(f"{block}.bn2", c)
+    tensors["layer2.0.downsample.0.weight"] = rng.normal(size=(128, 64, 1, 1), scale=0.05)
+    bn("layer2.0.downsample.1", 128)
+    tensors = {k: v.astype(np.float32) for k, v in tensors.items()}
+    save_file(tensors, path)
+    return tensors
+
+
 def test_demo_run_writes_checkpoints_samples_and_resumes(tmp_path):
-    result = run_main(tmp_path, "--config.train.num_steps=4")
+    resnet = torchvision_resnet18_trunk(tmp_path / "resnet18.safetensors")
+    result = run_main(
+        tmp_path,
+        "--config.train.num_steps=4",
+        f"--config.disc.checkpoint={tmp_path / 'resnet18.safetensors'}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     workdir = tmp_path / "run"
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["3", "4"]
@@ -57,6 +90,13 @@ def test_demo_run_writes_checkpoints_samples_and_resumes(tmp_path):
     # 10 classes x 2 samples of 32x32 images with 2-pixel padding.
     assert grid.shape == (10 * 34 + 2, 2 * 34 + 2, 3)
     assert "velocity=" in result.stderr and "struc=" in result.stderr
+    # D started from the ResNet weights; frozen BatchNorm statistics never move.
+    state = ocp.StandardCheckpointer().restore((workdir / "checkpoints" / "3" / "state").absolute())
+    stats = state["disc"]["batch_stats"]
+    np.testing.assert_array_equal(
+        stats["layer2_0"]["downsample_bn"]["var"], resnet["layer2.0.downsample.1.running_var"]
+    )
+    np.testing.assert_array_equal(stats["bn1"]["mean"], resnet["bn1.running_mean"])
 
     resumed = run_main(tmp_path, "--config.train.num_steps=6")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -38,6 +38,22 @@ def dense(features: int, dtype: jnp.dtype, name: str) -> nn.Dense:
     return nn.Dense(features, kernel_init=normal_002, bias_init=zeros, dtype=dtype, name=name)
 
 
+def check_patch_grid(model: str, height: int, width: int, patch: int, pos_grid: int) -> None:
+    """A ViT with a fixed position table takes exactly pos_grid x pos_grid patches."""
+    if height % patch or width % patch:
+        raise ValueError(
+            f"{model} input of {height}x{width} pixels is not a multiple of patch_size={patch}"
+        )
+    grid = (height // patch, width // patch)
+    if grid != (pos_grid, pos_grid):
+        raise ValueError(
+            f"{model} input of {height}x{width} pixels has a {grid[0]}x{grid[1]} patch grid, "
+            f"but the position embedding covers pos_grid={pos_grid}x{pos_grid}; resize the "
+            f"images to {pos_grid * patch}x{pos_grid * patch} or resample pos_embed when "
+            "loading the weights"
+        )
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection, scale head_dim^-0.5."""
 
@@ -82,6 +98,24 @@ class Mlp(nn.Module):
         return dense(self.embed_dim, self.dtype, "fc2")(x)
 
 
+class SwiGLU(nn.Module):
+    """ViT-g's feed-forward: w12 -> (silu(gate) * value) -> w3, hidden width 2/3 of the plain
+    MLP's rounded up to a multiple of 8 (DINOv2's SwiGLUFFNFused)."""
+
+    embed_dim: int
+    mlp_ratio: float
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        hidden = (int(self.embed_dim * self.mlp_ratio * 2 / 3) + 7) // 8 * 8
+        gate, value = jnp.split(dense(2 * hidden, self.dtype, "w12")(x), 2, axis=-1)
+        return dense(self.embed_dim, self.dtype, "w3")(nn.silu(gate) * value)
+
+
+FFNS = {"mlp": Mlp, "swiglu": SwiGLU}
+
+
 class Block(nn.Module):
     """Pre-norm transformer block with layer scale on both residual branches."""
 
@@ -89,13 +123,14 @@ class Block(nn.Module):
     num_heads: int
     mlp_ratio: float
     layerscale_init: float
+    ffn: str
     dtype: jnp.dtype
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: (B, T, D) float32 -> (B, T, D) float32."""
         attn = Attention(self.embed_dim, self.num_heads, self.dtype, name="attn")
-        mlp = Mlp(self.embed_dim, self.mlp_ratio, self.dtype, name="mlp")
+        mlp = FFNS[self.ffn](self.embed_dim, self.mlp_ratio, self.dtype, name="mlp")
         h = attn(layer_norm("norm1")(x)).astype(jnp.float32)
         x = x + LayerScale(self.layerscale_init, name="ls1")(h)
         h = mlp(layer_norm("norm2")(x)).astype(jnp.float32)
@@ -112,6 +147,7 @@ class DinoV2(nn.Module):
       pos_grid: side of the patch grid the stored position table covers; inputs must have
         exactly this many patches per side.
       layerscale_init: initial value of every layer-scale gamma.
+      ffn: "mlp" (GELU MLP) or "swiglu" (ViT-g).
       dtype: compute dtype of the dense layers and the patch conv; params, LayerNorm, softmax
         and the residual stream are float32.
     """
@@ -124,6 +160,7 @@ class DinoV2(nn.Module):
     mlp_ratio: float = 4.0
     num_register_tokens: int = 0
     layerscale_init: float = 1e-5
+    ffn: str = "mlp"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -139,17 +176,7 @@ class DinoV2(nn.Module):
         """
         batch, height, width, _ = images.shape
         p = self.patch_size
-        if height % p or width % p:
-            raise ValueError(
-                f"DinoV2 input of {height}x{width} pixels is not a multiple of patch_size={p}"
-            )
-        grid = (height // p, width // p)
-        if grid != (self.pos_grid, self.pos_grid):
-            raise ValueError(
-                f"DinoV2 input of {height}x{width} pixels has a {grid[0]}x{grid[1]} patch grid, "
-                f"but the position embedding covers pos_grid={self.pos_grid}x{self.pos_grid}; "
-                "resample pos_embed when loading the weights"
-            )
+        check_patch_grid("DinoV2", height, width, p, self.pos_grid)
         num_patches = self.pos_grid**2
         d = self.embed_dim
 
@@ -183,6 +210,7 @@ class DinoV2(nn.Module):
                 self.num_heads,
                 self.mlp_ratio,
                 self.layerscale_init,
+                self.ffn,
                 self.dtype,
                 name=f"blocks_{i}",
             )(x)

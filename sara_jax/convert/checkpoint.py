@@ -1,0 +1,128 @@
+"""Finding and reading a published checkpoint: a Hugging Face hub name, a local directory, or a
+single .safetensors / .pth / .bin file, into a flat {name: numpy array} state dict.
+
+safetensors files are read with numpy alone, so converting Hugging Face checkpoints needs no
+torch; only pickled torch files (.pth, .bin, .pt) do.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+StateDict = dict[str, np.ndarray]
+
+# In the order they are tried, in a directory or a hub repository.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+TORCH_SUFFIXES = (".pth", ".pt", ".bin")
+
+
+def is_hub_name(source: str) -> bool:
+    """'org/name' with no path-like start: a Hugging Face hub repository id."""
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not source.startswith((".", "~"))
+
+
+def _how_to_provide(source: str, field: str) -> str:
+    hub = source if is_hub_name(source) else "ORG/NAME"
+    return (
+        f"To provide the weights, on a machine with internet run `hf download {hub} "
+        f"--local-dir DIR` (or copy the .safetensors / .pth file) and set {field}=DIR or the "
+        "file's path; a hub name is read from the Hugging Face cache ($HF_HOME) when offline."
+    )
+
+
+def _download(repo: str, field: str) -> Path:
+    """The first of WEIGHT_FILES that the hub repository (or the local HF cache) has."""
+    import huggingface_hub
+    from huggingface_hub import constants, errors
+
+    failures = []
+    for filename in WEIGHT_FILES:
+        try:
+            path = Path(huggingface_hub.hf_hub_download(repo, filename))
+        except errors.EntryNotFoundError:
+            continue
+        except Exception as e:  # noqa: BLE001 -- offline, unknown repo, auth: all reported below
+            failures.append(f"{filename}: {type(e).__name__}: {e}".splitlines()[0])
+            continue
+        if filename.endswith(".index.json"):
+            for shard in sorted(set(json.loads(path.read_text())["weight_map"].values())):
+                huggingface_hub.hf_hub_download(repo, shard)
+        return path
+    raise FileNotFoundError(
+        f"{field}={repo!r}: no local file or directory of that name (looked in {Path.cwd()}), "
+        f"and the Hugging Face hub could not provide {' or '.join(WEIGHT_FILES)} (cache: "
+        f"{constants.HF_HUB_CACHE}; {'; '.join(failures) or 'no weight file in the repo'}). "
+        + _how_to_provide(repo, field)
+    )
+
+
+def resolve(source: str, field: str) -> Path:
+    """The weight file `source` names, downloading a hub checkpoint if needed.
+
+    Args:
+      source: a hub id ('facebook/dinov2-base'), a directory holding one of WEIGHT_FILES, or a
+        weight file.
+      field: the config field it came from, for error messages.
+    """
+    path = Path(os.path.expanduser(source))
+    if path.is_dir():
+        for filename in WEIGHT_FILES:
+            if (path / filename).is_file():
+                return path / filename
+        raise FileNotFoundError(
+            f"{field}={source!r}: directory {path.resolve()} holds none of "
+            + ", ".join(WEIGHT_FILES)
+        )
+    if path.is_file():
+        return path
+    if is_hub_name(source):
+        return _download(source, field)
+    raise FileNotFoundError(
+        f"{field}={source!r}: no such file or directory ({path.resolve()}), and not a Hugging "
+        "Face hub id of the form 'org/name'. " + _how_to_provide(source, field)
+    )
+
+
+def _read_torch(path: Path) -> StateDict:
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(
+            f"reading the pickled torch checkpoint {path} needs torch (the CPU wheel is enough); "
+            "or use a .safetensors file"
+        ) from e
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    # Training checkpoints wrap the weights (MAE: {"model": ...}; MoCo: {"state_dict": ...}).
+    for wrapper in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    return {
+        k: (v.float() if v.is_floating_point() else v).numpy()
+        for k, v in obj.items()
+        if isinstance(v, torch.Tensor)
+    }
+
+
+def read_state_dict(path: Path) -> StateDict:
+    """All tensors of a weight file (a sharded safetensors index reads every shard)."""
+    from safetensors.numpy import load_file
+
+    if path.name.endswith(".index.json"):
+        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+        return {k: v for shard in shards for k, v in load_file(path.parent / shard).items()}
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    if path.suffix in TORCH_SUFFIXES:
+        return _read_torch(path)
+    raise ValueError(
+        f"{path}: unknown weight file type; expected .safetensors, "
+        f"model.safetensors.index.json or one of {', '.join(TORCH_SUFFIXES)}"
+    )
+
+
+def load_state_dict(source: str, field: str) -> StateDict:
+    """read_state_dict(resolve(source, field))."""
+    return read_state_dict(resolve(source, field))

@@ -1,0 +1,79 @@
+"""The frozen encoders a config can name (`config.encoder.name`), as data.
+
+Each entry fixes the architecture, where its published weights live, and REPA's preprocessing
+for it (`preprocess_raw_image`): x / 255, then the family's mean/std normalisation and a torch
+bicubic resize to `config.encoder.image_size`, in the family's order.
+"""
+
+import dataclasses
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSpec:
+    """A frozen encoder.
+
+    Attributes:
+      family: "dinov2" (models.dinov2.DinoV2), "clip" (models.clip_vit) or "demo_vit" (a
+        DinoV2 whose shape comes from config.encoder.arch, pretrained in-project).
+      patch_size, embed_dim, depth, num_heads: the ViT's shape.
+      num_register_tokens: DINOv2 register tokens (the `_reg` models).
+      ffn: DINOv2 feed-forward, "mlp" or "swiglu" (ViT-g).
+      hub_id: the published Hugging Face checkpoint.
+      mean, std: per-channel input normalisation.
+      resize_first: resize before normalising (REPA's CLIP order) rather than after (DINOv2).
+    """
+
+    family: str
+    patch_size: int = 14
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    num_register_tokens: int = 0
+    ffn: str = "mlp"
+    hub_id: str = ""
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    resize_first: bool = False
+
+
+_DINOV2_SIZES = {
+    "s": ("small", 384, 12, 6, "mlp"),
+    "b": ("base", 768, 12, 12, "mlp"),
+    "l": ("large", 1024, 24, 16, "mlp"),
+    "g": ("giant", 1536, 40, 24, "swiglu"),
+}
+
+
+def _dinov2(size: str, registers: bool) -> EncoderSpec:
+    word, dim, depth, heads, ffn = _DINOV2_SIZES[size]
+    return EncoderSpec(
+        family="dinov2",
+        embed_dim=dim,
+        depth=depth,
+        num_heads=heads,
+        num_register_tokens=4 if registers else 0,
+        ffn=ffn,
+        hub_id=f"facebook/dinov2-with-registers-{word}" if registers else f"facebook/dinov2-{word}",
+    )
+
+
+ENCODERS: dict[str, EncoderSpec] = {
+    **{f"dinov2_vit{s}14": _dinov2(s, False) for s in _DINOV2_SIZES},
+    **{f"dinov2_vit{s}14_reg": _dinov2(s, True) for s in _DINOV2_SIZES},
+    "clip_vitl14": EncoderSpec(
+        family="clip",
+        embed_dim=1024,
+        depth=24,
+        num_heads=16,
+        hub_id="openai/clip-vit-large-patch14",
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        resize_first=True,
+    ),
+    "demo_vit": EncoderSpec(family="demo_vit"),
+}

@@ -22,6 +22,8 @@ setup(
     packages=find_packages(include=["sara_jax", "sara_jax.*"]),
     python_requires=">=3.11",
     install_requires=_requirements(),
-    # torch and transformers are the references of the parity tests; training needs neither.
-    extras_require={"test": ["pytest>=8", "ruff>=0.6", "torch==2.13.0", "transformers>=5.0"]},
+    # torch, transformers and diffusers: references of the parity tests; training needs none.
+    extras_require={
+        "test": ["pytest>=8", "ruff>=0.6", "torch==2.13.0", "transformers>=5.0", "diffusers>=0.30"]
+    },
 )

@@ -78,9 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim = _adamw_config()
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "imagenet"
+    c.data.source = "records"  # "records": `python -m sara_jax.preprocess` output; "shapes".
     c.data.space = "latent"  # "latent": SD-VAE latents; "pixel": images in [-1, 1].
-    c.data.dir = ""
+    c.data.dir = ""  # The records directory (preprocess writes it, training reads it).
     c.data.image_size = 256
     c.data.num_classes = 1000
     c.data.num_examples = 1_281_167
@@ -88,6 +88,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.global_batch_size = 256
     c.data.num_workers = 8
     c.data.latent_scale = 0.18215
+
+    c.vae = ml_collections.ConfigDict()
+    c.vae.checkpoint = "stabilityai/sd-vae-ft-mse"  # Encodes the training latents.
+    c.vae.compute_dtype = "float32"
+
+    # `python -m sara_jax.preprocess`: raw ImageNet -> ADM crop -> VAE -> records in data.dir.
+    c.preprocess = ml_collections.ConfigDict()
+    # "folder": <path>/<class>/<image>; "tfds": imagenet2012 in TFDS data_dir <path>.
+    c.preprocess.source = "folder"
+    c.preprocess.path = ""  # The image folder, or the TFDS data_dir.
+    c.preprocess.split = "train"
+    c.preprocess.num_shards = 1024
+    c.preprocess.batch_size = 256  # Images encoded at once by each process.
+    c.preprocess.num_threads = 16  # Threads decoding and cropping images.
+    c.preprocess.image_codec = "png"  # "png" (lossless, ~2x smaller) or "raw" uint8.
 
     c.train = ml_collections.ConfigDict()
     c.train.num_steps = 400_000
@@ -218,6 +233,9 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
         "data.num_classes",
         "data.num_examples",
         "data.global_batch_size",
+        "preprocess.num_shards",
+        "preprocess.batch_size",
+        "preprocess.num_threads",
         "train.num_steps",
         "train.grad_accum_steps",
         "train.log_every",
@@ -266,7 +284,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
         f"divisible by model.patch_size={m.patch_size}",
         m.input_size,
     )
-    for name in ["model.compute_dtype", "encoder.compute_dtype"]:
+    for name in ["model.compute_dtype", "encoder.compute_dtype", "vae.compute_dtype"]:
         _check(fields[name] in DTYPES, name, f"one of {DTYPES}", fields[name])
     _check(
         c.encoder.name in ENCODERS,
@@ -290,6 +308,24 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
         c.train.nonfinite,
     )
     _check(c.data.space in ("pixel", "latent"), "data.space", "'pixel' or 'latent'", c.data.space)
+    _check(
+        c.data.source in ("records", "shapes"),
+        "data.source",
+        "'records' or 'shapes'",
+        c.data.source,
+    )
+    _check(
+        c.preprocess.source in ("folder", "tfds") or c.preprocess.source.startswith("tfds:"),
+        "preprocess.source",
+        "'folder', 'tfds' (imagenet2012) or 'tfds:<name>'",
+        c.preprocess.source,
+    )
+    _check(
+        c.preprocess.image_codec in ("png", "raw"),
+        "preprocess.image_codec",
+        "'png' or 'raw'",
+        c.preprocess.image_codec,
+    )
     _check(
         m.num_classes == c.data.num_classes,
         "model.num_classes",

@@ -13,8 +13,15 @@ import numpy as np
 
 StateDict = dict[str, np.ndarray]
 
-# In the order they are tried, in a directory or a hub repository.
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+# In the order they are tried, in a directory or a hub repository (transformers' names, then
+# diffusers').
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin",
+)
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 
 

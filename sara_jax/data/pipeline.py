@@ -14,9 +14,10 @@ Checkpointing: the iterator's state is a small JSON-serialisable dict. With orba
 import grain
 import ml_collections
 
+from sara_jax.data.records import RecordsSource
 from sara_jax.data.shapes import ShapesSource
 
-SUPPORTED_SOURCES: tuple[str, ...] = ("shapes",)
+SUPPORTED_SOURCES: tuple[str, ...] = ("records", "shapes")
 
 
 def make_source(data_config: ml_collections.ConfigDict) -> grain.sources.RandomAccessDataSource:
@@ -27,8 +28,23 @@ def make_source(data_config: ml_collections.ConfigDict) -> grain.sources.RandomA
         `image_size`, `num_classes` and `seed`.
 
     Returns:
-      A source whose records are `{"image": uint8 (S, S, 3), "label": int32 scalar}`.
+      A source whose records are `{"image": uint8 (S, S, 3), "label": int32 scalar}`, plus
+      "latent_mean" and "latent_std" float16 (S/8, S/8, 4) for "records".
     """
+    if data_config.source == "records":
+        source = RecordsSource(data_config.dir)
+        info = source.info
+        for field, key in (
+            ("num_examples", "num_examples"),
+            ("image_size", "image_size"),
+            ("num_classes", "num_classes"),
+        ):
+            if data_config[field] != info[key]:
+                raise ValueError(
+                    f"config.data.{field}={data_config[field]} but the records in "
+                    f"data.dir={data_config.dir!r} have {key}={info[key]}"
+                )
+        return source
     if data_config.source == "shapes":
         return ShapesSource(
             num_examples=data_config.num_examples,

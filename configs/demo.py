@@ -47,6 +47,7 @@ def get_config():
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 2
 
+    c.sample.method = "euler"
     c.sample.num_steps = 50
     c.sample.cfg_scale = 2.0
     return c

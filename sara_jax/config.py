@@ -10,6 +10,7 @@ from typing import Any
 
 import ml_collections
 
+from sara_jax import sampling
 from sara_jax.encoder_registry import ENCODERS
 from sara_jax.models.sit import PRESETS
 
@@ -91,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.vae = ml_collections.ConfigDict()
     c.vae.checkpoint = "stabilityai/sd-vae-ft-mse"  # Encodes the training latents.
+    c.vae.decode_checkpoint = "stabilityai/sd-vae-ft-ema"  # Decodes samples (REPA's choice).
     c.vae.compute_dtype = "float32"
 
     # `python -m sara_jax.preprocess`: raw ImageNet -> ADM crop -> VAE -> records in data.dir.
@@ -115,9 +117,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.keep_every = 0  # ... and every step divisible by this, if > 0.
     c.train.sample_every = 0  # Steps between preview grids (0: only at the end).
 
+    # How samples are drawn (the preview grids and, later, evaluation): REPA's protocol.
     c.sample = ml_collections.ConfigDict()
-    c.sample.num_steps = 50  # Euler ODE steps of the preview grid.
-    c.sample.cfg_scale = 1.0
+    c.sample.method = "sde"  # "sde" (Euler-Maruyama), "euler" or "heun" (probability-flow ODE).
+    c.sample.num_steps = 250
+    c.sample.cfg_scale = 1.0  # w; 1 is no guidance.
+    c.sample.guidance_low = 0.0  # Guidance acts where guidance_low <= t <= guidance_high ...
+    c.sample.guidance_high = 1.0  # ... (REPA's interval recipe: w = 1.8, high = 0.7).
+    # `python -m sara_jax.sample`: the evaluation set.
+    c.sample.num_samples = 50_000
+    c.sample.labels = "uniform"  # "uniform": i.i.d. uniform labels; "balanced": i % classes.
+    c.sample.seed = 0
+    c.sample.batch_size = 256  # Samples per chunk (the unit of resumption), per process.
     c.sample.per_class = 8
     c.sample.num_classes_shown = 10
     c.sample.use_ema = True
@@ -244,6 +255,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
         "sample.num_steps",
         "sample.per_class",
         "sample.num_classes_shown",
+        "sample.num_samples",
+        "sample.batch_size",
     ]
     for name in positive:
         _check(fields[name] > 0, name, "> 0", fields[name])
@@ -256,6 +269,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
         "disc.optim.weight_decay",
         "data.num_workers",
         "sample.cfg_scale",
+        "sample.guidance_low",
         "train.keep_every",
         "train.sample_every",
     ]
@@ -306,6 +320,24 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
         "train.nonfinite",
         "'stop' or 'skip'",
         c.train.nonfinite,
+    )
+    _check(
+        c.sample.method in sampling.SAMPLERS,
+        "sample.method",
+        f"one of {sampling.SAMPLERS}",
+        c.sample.method,
+    )
+    _check(
+        c.sample.labels in ("uniform", "balanced"),
+        "sample.labels",
+        "'uniform' or 'balanced'",
+        c.sample.labels,
+    )
+    _check(
+        c.sample.guidance_low <= c.sample.guidance_high <= 1.0,
+        "sample.guidance_high",
+        f">= sample.guidance_low={c.sample.guidance_low} and <= 1",
+        c.sample.guidance_high,
     )
     _check(c.data.space in ("pixel", "latent"), "data.space", "'pixel' or 'latent'", c.data.space)
     _check(

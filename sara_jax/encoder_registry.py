@@ -77,3 +77,9 @@ ENCODERS: dict[str, EncoderSpec] = {
     ),
     "demo_vit": EncoderSpec(family="demo_vit"),
 }
+
+
+def encoder_width(encoder) -> int:
+    """z_dim, the width of the tokens the encoder `config.encoder` names."""
+    spec = ENCODERS[encoder.name]
+    return encoder.arch.embed_dim if spec.family == "demo_vit" else spec.embed_dim

@@ -24,12 +24,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
-from absl import app, flags, logging
+from absl import app, logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from ml_collections import config_flags
 
-from sara_jax.config import validate
+from sara_jax import job
 from sara_jax.convert.vae import load_vae
 from sara_jax.data import records
 from sara_jax.data.imagenet import make_raw_source
@@ -144,21 +143,10 @@ def preprocess(config: ml_collections.ConfigDict, process_index: int, process_co
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if flags.FLAGS.distributed:
-        jax.distributed.initialize()
-    config = flags.FLAGS.config
-    validate(config)
+    config = job.start(argv)
     preprocess(config, jax.process_index(), jax.process_count())
 
 
 if __name__ == "__main__":
-    # Flags are defined only when run as a program, so importing `preprocess` next to
-    # sara_jax.main (which defines --config too) stays possible.
-    config_flags.DEFINE_config_file("config", None, "A configs/*.py file.")
-    flags.DEFINE_bool(
-        "distributed", False, "Call jax.distributed.initialize() first: one process per host."
-    )
-    flags.mark_flags_as_required(["config"])
+    job.define_flags()
     app.run(main)

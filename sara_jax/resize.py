@@ -1,5 +1,5 @@
-"""PyTorch's bicubic resampling, exactly: `F.interpolate(..., mode="bicubic")` with or without
-`antialias`, align_corners=False.
+"""PyTorch's resampling, exactly: `F.interpolate(..., mode="bicubic")` with or without
+`antialias`, and mode="bilinear" (the FID Inception's input), align_corners=False.
 
 `jax.image.resize` uses Keys' kernel with a = -0.5 and no border clamping; torch's plain bicubic
 uses a = -0.75 and clamps indices at the border, and its antialiased variant (PIL's filter,
@@ -74,14 +74,54 @@ def resize_bicubic(images: jax.Array, size: tuple[int, int], antialias: bool = F
     height, width = images.shape[-3], images.shape[-2]
     if (height, width) == tuple(size):
         return images
-    rows = jnp.asarray(bicubic_weights(height, size[0], antialias), jnp.float32)
-    cols = jnp.asarray(bicubic_weights(width, size[1], antialias), jnp.float32)
+    rows = bicubic_weights(height, size[0], antialias)
+    cols = bicubic_weights(width, size[1], antialias)
+    return _resample(images, rows, cols).astype(images.dtype)
+
+
+def _resample(images: jax.Array, rows: np.ndarray, cols: np.ndarray) -> jax.Array:
+    """(..., H, W, C) -> (..., out_H, out_W, C) float32 through (out, in) weight matrices."""
+    x = images.astype(jnp.float32)
     # HIGHEST: TPUs and TF32 GPUs otherwise round float32 matmul inputs to ~3 digits.
-    x = jnp.einsum(
-        "oh,...hwc->...owc", rows, images.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST
-    )
-    x = jnp.einsum("pw,...owc->...opc", cols, x, precision=jax.lax.Precision.HIGHEST)
-    return x.astype(images.dtype)
+    highest = jax.lax.Precision.HIGHEST
+    x = jnp.einsum("oh,...hwc->...owc", jnp.asarray(rows, jnp.float32), x, precision=highest)
+    return jnp.einsum("pw,...owc->...opc", jnp.asarray(cols, jnp.float32), x, precision=highest)
+
+
+@functools.cache
+def bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
+    """The (out_size, in_size) matrix of torch's 1-D bilinear resampling along one axis,
+    `F.interpolate(mode="bilinear", align_corners=False, antialias=False)`.
+
+    Follows ATen's upsample_bilinear2d: source position scale * (i + 0.5) - 0.5 with
+    scale = in_size / out_size, clamped below at 0; taps floor(src) and the next pixel
+    (the last pixel alone at the far border), weighted 1 - frac and frac, in float32 as
+    ATen computes them. ATen's compiled kernel fuses the multiply-subtract into one FMA, so
+    the position is rounded to float32 once (float64 arithmetic on the exact float32
+    operands reproduces that); rounding twice moves weights by up to ~1.5e-5. The result
+    equals torch 2.13's CPU weights bit for bit (tests/test_inception.py).
+    """
+    f32 = np.float32
+    scale = f32(in_size) / f32(out_size)
+    rows = np.arange(out_size)
+    src = (np.float64(scale) * (rows + 0.5) - 0.5).astype(f32)
+    src = np.maximum(src, f32(0.0))
+    lo = np.minimum(np.floor(src).astype(int), in_size - 1)
+    hi = np.minimum(lo + 1, in_size - 1)
+    frac = (src - lo.astype(f32)).astype(f32)
+    weights = np.zeros((out_size, in_size), f32)
+    np.add.at(weights, (rows, lo), f32(1.0) - frac)
+    np.add.at(weights, (rows, hi), frac)
+    return weights
+
+
+def resize_bilinear(images: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """torch's `F.interpolate(x, size, mode="bilinear", align_corners=False)` on channels-last
+    float images (..., H, W, C) -> (..., out_H, out_W, C), in float32."""
+    height, width = images.shape[-3], images.shape[-2]
+    if (height, width) == tuple(size):
+        return images.astype(jnp.float32)
+    return _resample(images, bilinear_weights(height, size[0]), bilinear_weights(width, size[1]))
 
 
 def resample_pos_embed(table: np.ndarray, grid: int, num_prefix_tokens: int = 1) -> np.ndarray:

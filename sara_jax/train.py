@@ -32,7 +32,7 @@ from sara_jax.train_step import AXIS, data_mesh, make_train_step
 def make_sampler(config: ml_collections.ConfigDict, sit: SiT):
     """A jitted `(params, key) -> uint8 (classes, per_class, H, W, 3)` preview-grid sampler.
 
-    Classes are spread evenly over the label range; Euler ODE with classifier-free guidance.
+    Classes are spread evenly over the label range; `config.sample`'s sampler and guidance.
     """
     s, m = config.sample, config.model
     rows = min(s.num_classes_shown, m.num_classes)
@@ -44,9 +44,12 @@ def make_sampler(config: ml_collections.ConfigDict, sit: SiT):
         def velocity(x, t, y):
             return sit.apply({"params": params}, x, t, y)[0]
 
-        guided = sampling.guided_velocity(velocity, m.num_classes, s.cfg_scale)
+        interval = (s.guidance_low, s.guidance_high)
+        guided = sampling.guided_velocity(velocity, m.num_classes, s.cfg_scale, interval)
         shape = (labels.shape[0], m.input_size, m.input_size, m.in_channels)
-        return sampling.euler_ode(guided, jax.random.normal(key, shape), labels, s.num_steps)
+        noise = jax.random.normal(key, shape)
+        step_key = jax.random.fold_in(key, 1)  # The SDE's noise; the ODEs use none.
+        return sampling.sample(s.method, guided, noise, labels, s.num_steps, step_key)
 
     def grid(params: dict, key: jax.Array) -> np.ndarray:
         x = np.asarray(sample(params, key))

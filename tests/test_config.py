@@ -98,6 +98,17 @@ def test_batch_must_divide_over_devices_and_tokens_must_match():
         validate(c)
 
 
+def test_sampler_fields_are_checked():
+    c = base_config()
+    c.sample.method = "ddim"
+    with pytest.raises(ValueError, match=r"config.sample.method must be one of \('sde'"):
+        validate(c)
+    c = base_config()
+    c.sample.guidance_low, c.sample.guidance_high = 0.5, 0.4
+    with pytest.raises(ValueError, match=r"sample.guidance_high must be >= sample.guidance_low"):
+        validate(c)
+
+
 def test_encoder_fields_are_checked():
     c = base_config()
     c.encoder.name = "dinov2_vitb16"

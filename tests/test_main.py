@@ -31,13 +31,14 @@ SMALL = [
 ]
 
 
-def run_main(tmp_path, *flags):
+def run_main(tmp_path, *flags, module: str = "sara_jax.main"):
+    """`python -m module` on the SMALL demo config with workdir tmp_path/run, 8 CPU devices."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     return subprocess.run(
         [
             sys.executable,
             "-m",
-            "sara_jax.main",
+            module,
             f"--workdir={tmp_path / 'run'}",
             *SMALL,
             f"--config.encoder.pretrain.cache_dir={tmp_path / 'cache'}",

@@ -1,5 +1,7 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from sara_jax import images, sampling
 
@@ -54,3 +56,108 @@ def test_grid_png_roundtrip(tmp_path):
     assert grid.shape == (2 * 5 + 1, 3 * 6 + 1, 3)
     np.testing.assert_array_equal(grid[1:5, 7:12], u8[0, 1])
     assert [p.name for p in tmp_path.iterdir()] == ["g.png"]
+
+
+# Gaussian data x0 ~ N(mu, s^2) per dimension: x_t = (1 - t) x0 + t eps is Gaussian too, and
+# the exact velocity E[eps - x0 | x_t] is affine in x_t.
+MU, S = 1.5, 0.5
+
+
+def gaussian_velocity(mu: float, s: float):
+    def velocity(x, t, y):
+        t = t.reshape((-1,) + (1,) * (x.ndim - 1))
+        var = (1 - t) ** 2 * s**2 + t**2
+        return (t - (1 - t) * s**2) / var * (x - (1 - t) * mu) - mu
+
+    return velocity
+
+
+def test_gaussian_velocity_is_exact_at_the_ends():
+    x = jnp.linspace(-2, 2, 5).reshape(5, 1, 1, 1)
+    v = gaussian_velocity(MU, S)
+    np.testing.assert_allclose(v(x, jnp.zeros(5), None), -x, rtol=1e-6)  # t=0: v = eps - x0
+    np.testing.assert_allclose(v(x, jnp.ones(5), None), x - MU, rtol=1e-6)  # t=1: x = eps
+
+
+def ode_error(method: str, steps: int) -> float:
+    """Max distance from the exact flow map x0 = mu + s * eps (monotone: quantiles map to
+    quantiles) of noise quantiles -3 .. 3."""
+    z = jnp.linspace(-3, 3, 13).reshape(13, 1, 1, 1)
+    labels = jnp.zeros(13, jnp.int32)
+    x0 = sampling.sample(method, gaussian_velocity(MU, S), z, labels, steps, jax.random.key(0))
+    return float(jnp.abs(x0 - (MU + S * z)).max())
+
+
+def test_odes_map_noise_quantiles_to_data_quantiles_at_their_order():
+    assert ode_error("heun", 50) < 2e-3
+    assert ode_error("euler", 250) < 1.5e-2
+    # Second order for Heun (2.5x the steps: ~6x smaller error), first order for Euler.
+    assert 5.0 < ode_error("heun", 20) / ode_error("heun", 50) < 8.0
+    assert 4.0 < ode_error("euler", 50) / ode_error("euler", 250) < 6.0
+
+
+def test_sde_samples_have_the_data_mean_and_std():
+    noise = jax.random.normal(jax.random.key(1), (4096, 2, 2, 2))
+    labels = jnp.zeros(4096, jnp.int32)
+    x0 = jax.jit(sampling.euler_maruyama_sde, static_argnums=(0, 3))(
+        gaussian_velocity(MU, S), noise, labels, 250, jax.random.key(2)
+    )
+    # 16384 values: the standard errors of mean and std are ~0.004 and ~0.003.
+    assert abs(float(x0.mean()) - MU) < 0.02
+    assert abs(float(x0.std()) - S) < 0.02
+    # Not the ODE: the same noise lands elsewhere.
+    ode = sampling.heun_ode(gaussian_velocity(MU, S), noise, labels, 20)
+    assert float(jnp.abs(x0 - ode).mean()) > 0.1
+
+
+def test_sde_uses_repas_time_grid():
+    seen = []
+
+    def velocity(x, t, y):
+        seen.append(t)
+        return jnp.zeros_like(x)
+
+    with jax.disable_jit():
+        sampling.euler_maruyama_sde(
+            velocity, jnp.ones((1, 1, 1, 1)), jnp.zeros(1, jnp.int32), 5, jax.random.key(0)
+        )
+    times = [float(t[0]) for t in seen]
+    np.testing.assert_allclose(times, np.linspace(1.0, 0.04, 5), rtol=1e-6)
+
+
+def test_heun_corrects_all_but_the_last_step():
+    calls = []
+
+    def velocity(x, t, y):
+        calls.append(float(t[0]))
+        return jnp.zeros_like(x)
+
+    with jax.disable_jit():
+        sampling.heun_ode(velocity, jnp.ones((1, 1, 1, 1)), jnp.zeros(1, jnp.int32), 4)
+    assert len(calls) == 2 * 4 - 1 and 0.0 not in calls
+
+
+def test_guidance_scale_one_and_outside_the_interval_is_conditional():
+    null = 3
+
+    def velocity(x, t, y):  # class-dependent means: guidance matters
+        return jax.vmap(
+            lambda xi, ti, yi: gaussian_velocity(MU + yi, S)(xi[None], ti[None], None)[0]
+        )(x, t, y.astype(jnp.float32))
+
+    z = jax.random.normal(jax.random.key(3), (6, 2, 2, 1))
+    labels = jnp.array([0, 1, 2, 0, 1, 2])
+    conditional = sampling.heun_ode(velocity, z, labels, 10)
+    w1 = sampling.guided_velocity(velocity, null, 1.0)
+    np.testing.assert_array_equal(sampling.heun_ode(w1, z, labels, 10), conditional)
+    # An interval that no step time falls in: guidance never acts.
+    off = sampling.guided_velocity(velocity, null, 4.0, interval=(0.42, 0.43))
+    # (Equal up to the float rounding of evaluating the doubled batch.)
+    np.testing.assert_allclose(sampling.heun_ode(off, z, labels, 10), conditional, atol=1e-6)
+    on = sampling.guided_velocity(velocity, null, 4.0, interval=(0.0, 0.7))
+    assert float(jnp.abs(sampling.heun_ode(on, z, labels, 10) - conditional).max()) > 0.1
+
+
+def test_unknown_sampler_is_named():
+    with pytest.raises(ValueError, match=r"sampler must be one of .*got 'ddim'"):
+        sampling.sample("ddim", None, None, None, 1, None)

@@ -1,0 +1,1 @@
+"""ADM-protocol evaluation: FID, sFID, Inception Score, precision and recall."""

@@ -1,0 +1,188 @@
+"""Samples from a trained model for evaluation: `python -m sara_jax.sample --config=...
+--workdir=RUN` writes RUN/samples_<step>/samples.npz (ADM layout: uint8 NHWC `arr_0`, labels
+`arr_1`) and a PNG grid of the first 64.
+
+Sample i is a function of (sample.seed, i) alone: its label (uniform or i % classes), its
+noise and its SDE noise. The set is cut into chunks of `sample.batch_size`; process p of P
+draws chunks p, p + P, ... on its local devices and saves each atomically, and a re-run skips
+the chunks already saved. So a killed run continues without duplicates or gaps, and the result
+does not depend on the number of devices, hosts or interruptions. Whoever saves the last chunk
+assembles samples.npz.
+"""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import tqdm
+from absl import app, flags, logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from sara_jax import images, job, sampling
+from sara_jax.encoder_registry import encoder_width
+from sara_jax.train_state import build_models, create_train_state, dtype_of
+
+PyTree = Any
+
+
+def restore_params(
+    config: ml_collections.ConfigDict, workdir: str, ema: bool
+) -> tuple[PyTree, int]:
+    """{"sit", "projector"} params (the EMA ones if `ema`) of workdir's latest checkpoint, and
+    its step."""
+    directory = (Path(workdir) / "checkpoints").absolute()
+    # CheckpointManager would create a missing directory; a wrong --workdir must not.
+    manager = ocp.CheckpointManager(directory) if directory.is_dir() else None
+    step = manager.latest_step() if manager else None
+    if step is None:
+        raise FileNotFoundError(f"--workdir={workdir!r}: no checkpoint under {directory}")
+    models = build_models(config, encoder_width(config.encoder))
+    num_tokens = (config.model.input_size // config.model.patch_size) ** 2
+    abstract = jax.eval_shape(
+        lambda: create_train_state(config, models, num_tokens, jax.random.key(0))
+    )
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+    ).state
+    return (restored.ema_params if ema else restored.params), step
+
+
+def sample_labels(config: ml_collections.ConfigDict, indices: np.ndarray) -> jax.Array:
+    """Labels of samples `indices`: uniform draws keyed by (seed, i), or i % num_classes."""
+    s, num_classes = config.sample, config.model.num_classes
+    if s.labels == "balanced":
+        return jnp.asarray(indices % num_classes, jnp.int32)
+    key = jax.random.fold_in(jax.random.key(s.seed), 0)
+    draw = jax.vmap(lambda i: jax.random.randint(jax.random.fold_in(key, i), (), 0, num_classes))
+    return draw(jnp.asarray(indices))
+
+
+def make_chunk_sampler(config: ml_collections.ConfigDict, sit_params: PyTree):
+    """(indices (B,)) -> (uint8 images (B, S, S, 3), labels (B,)), data parallel over this
+    process's devices; latents are decoded by `config.vae.decode_checkpoint`."""
+    s, m = config.sample, config.model
+    models = build_models(config, encoder_width(config.encoder))
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
+    rows = NamedSharding(mesh, P("data"))
+    sit_params = jax.device_put(sit_params, NamedSharding(mesh, P()))
+    decode = None
+    if config.data.space == "latent":
+        from sara_jax.convert.vae import load_vae
+
+        vae, vae_params = load_vae(
+            config.vae.decode_checkpoint,
+            "config.vae.decode_checkpoint",
+            dtype_of(config.vae.compute_dtype),
+        )
+        vae_params = jax.device_put(vae_params, NamedSharding(mesh, P()))
+
+        def decode(z: jax.Array) -> jax.Array:
+            scaled = z / config.data.latent_scale
+            return vae.apply({"params": vae_params}, scaled, method=vae.decode)
+
+    noise_key = jax.random.fold_in(jax.random.key(s.seed), 1)
+
+    def one_sample(params: PyTree, index: jax.Array, label: jax.Array) -> jax.Array:
+        def velocity(x, t, y):
+            return models.sit.apply({"params": params}, x, t, y)[0]
+
+        interval = (s.guidance_low, s.guidance_high)
+        guided = sampling.guided_velocity(velocity, m.num_classes, s.cfg_scale, interval)
+        key = jax.random.fold_in(noise_key, index)
+        shape = (1, m.input_size, m.input_size, m.in_channels)
+        noise = jax.random.normal(key, shape)
+        x = sampling.sample(
+            s.method, guided, noise, label[None], s.num_steps, jax.random.fold_in(key, 1)
+        )
+        return x[0]
+
+    @jax.jit
+    def chunk(params: PyTree, indices: jax.Array, labels: jax.Array) -> jax.Array:
+        # One sample per index, batched: each sample's randomness is its own.
+        x = jax.vmap(one_sample, in_axes=(None, 0, 0))(params, indices, labels)
+        if decode is not None:
+            x = decode(x)
+        return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+    def run(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        labels = sample_labels(config, indices)
+        padded = np.resize(indices, s.batch_size)  # One compiled shape for the last chunk.
+        out = chunk(
+            sit_params,
+            jax.device_put(padded, rows),
+            jax.device_put(np.resize(np.asarray(labels), s.batch_size), rows),
+        )
+        return np.asarray(out)[: len(indices)], np.asarray(labels)
+
+    return run
+
+
+def _chunk_path(out: Path, c: int) -> Path:
+    return out / f"chunk_{c:06d}.npz"
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def sample_set(
+    config: ml_collections.ConfigDict, workdir: str, process_index: int, process_count: int
+) -> Path | None:
+    """Draws this process's missing chunks; returns samples.npz once every chunk exists."""
+    s = config.sample
+    if s.batch_size % jax.local_device_count():
+        raise ValueError(
+            f"config.sample.batch_size={s.batch_size} must be divisible by the "
+            f"{jax.local_device_count()} local devices"
+        )
+    params, step = restore_params(config, workdir, config.sample.use_ema)
+    sit_params = params["sit"]
+    out = Path(workdir) / f"samples_{step}"
+    out.mkdir(parents=True, exist_ok=True)
+    num_chunks = -(-s.num_samples // s.batch_size)
+    todo = [
+        c
+        for c in range(process_index, num_chunks, process_count)
+        if not _chunk_path(out, c).exists()
+    ]
+    logging.info("step %d: %d chunks, %d of mine to draw", step, num_chunks, len(todo))
+    if todo:
+        run = make_chunk_sampler(config, sit_params)
+        with tqdm.tqdm(total=len(todo) * s.batch_size, unit="img") as progress:
+            for c in todo:
+                indices = np.arange(c * s.batch_size, min((c + 1) * s.batch_size, s.num_samples))
+                samples, labels = run(indices)
+                _save_npz(_chunk_path(out, c), arr_0=samples, arr_1=labels)
+                progress.update(len(indices))
+    if not all(_chunk_path(out, c).exists() for c in range(num_chunks)):
+        logging.info("other processes' chunks are still being drawn")
+        return None
+    chunks = [np.load(_chunk_path(out, c)) for c in range(num_chunks)]
+    samples = np.concatenate([c["arr_0"] for c in chunks])
+    labels = np.concatenate([c["arr_1"] for c in chunks])
+    _save_npz(out / "samples.npz", arr_0=samples, arr_1=labels)
+    grid = samples[:64]
+    side = int(np.sqrt(len(grid)))
+    images.save_grid(grid[: side * side].reshape(side, side, *grid.shape[1:]), out / "grid.png")
+    logging.info("wrote %d samples to %s", len(samples), out / "samples.npz")
+    return out / "samples.npz"
+
+
+def main(argv: list[str]) -> None:
+    config = job.start(argv)
+    sample_set(config, flags.FLAGS.workdir, jax.process_index(), jax.process_count())
+
+
+if __name__ == "__main__":
+    job.define_flags()
+    flags.DEFINE_string("workdir", None, "The training run's workdir (its checkpoints/).")
+    flags.mark_flags_as_required(["workdir"])
+    app.run(main)

@@ -8,7 +8,6 @@ patch tokens z_enc with a trained SiT's hidden state on the first --num_images t
                   state h and projected hidden state h_den (Fig. 2b; k = 50 in the paper).
 """
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from sara_jax import images, job, losses, transport
+from sara_jax.atomic import write_json
 from sara_jax.data.pipeline import make_source
 from sara_jax.encoders import load_encoder
 from sara_jax.sample import restore_params
@@ -145,9 +145,7 @@ def write_figures(reps: dict[str, np.ndarray], out: Path, top_k: int, info: dict
         k = min(top_k, *stack.shape)
         result[name] = {"energy": top_singular_energy(stack, k), "k": k, "shape": stack.shape}
         logging.info("%s %s: top-%d energy %.4f", name, stack.shape, k, result[name]["energy"])
-    tmp = out / "fig2b.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out / "fig2b.json")
+    write_json(out / "fig2b.json", result)
 
 
 def main(argv: list[str]) -> None:

@@ -10,7 +10,6 @@ The reference file's stored statistics are used when present; its images (`arr_0
 featurised when a statistic is missing and for precision/recall.
 """
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from absl import app, flags, logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from sara_jax.atomic import write_json
 from sara_jax.evaluation import metrics
 from sara_jax.models.inception import FIDInceptionV3, preprocess
 
@@ -102,7 +102,7 @@ def main(argv: list[str]) -> None:
     featurize = make_featurizer(model, variables, f.batch_size)
     results = evaluate(samples, metrics.load_reference(f.reference), featurize)
     out = Path(f.out) if f.out else samples_path.with_name("metrics.json")
-    out.write_text(json.dumps({**results, "reference": f.reference}, indent=2))
+    write_json(out, {**results, "reference": f.reference})
     for name, value in results.items():
         print(f"{name}: {value}")
     logging.info("wrote %s", out)

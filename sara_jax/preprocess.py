@@ -29,6 +29,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sara_jax import job
+from sara_jax.atomic import write_json
 from sara_jax.convert.vae import load_vae
 from sara_jax.data import records
 from sara_jax.data.imagenet import make_raw_source
@@ -36,7 +37,6 @@ from sara_jax.data.shard_writer import (
     Encode,
     certificate,
     shard_is_complete,
-    write_json,
     write_shard,
 )
 from sara_jax.train_state import dtype_of

@@ -10,7 +10,6 @@ does not depend on the number of devices, hosts or interruptions. Whoever saves 
 assembles samples.npz.
 """
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sara_jax import images, job, sampling
+from sara_jax.atomic import write_npz
 from sara_jax.encoder_registry import encoder_width
 from sara_jax.train_state import build_models, create_train_state, dtype_of
 
@@ -127,12 +127,6 @@ def _chunk_path(out: Path, c: int) -> Path:
     return out / f"chunk_{c:06d}.npz"
 
 
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
 def sample_set(
     config: ml_collections.ConfigDict, workdir: str, process_index: int, process_count: int
 ) -> Path | None:
@@ -160,7 +154,7 @@ def sample_set(
             for c in todo:
                 indices = np.arange(c * s.batch_size, min((c + 1) * s.batch_size, s.num_samples))
                 samples, labels = run(indices)
-                _save_npz(_chunk_path(out, c), arr_0=samples, arr_1=labels)
+                write_npz(_chunk_path(out, c), arr_0=samples, arr_1=labels)
                 progress.update(len(indices))
     if not all(_chunk_path(out, c).exists() for c in range(num_chunks)):
         logging.info("other processes' chunks are still being drawn")
@@ -168,7 +162,7 @@ def sample_set(
     chunks = [np.load(_chunk_path(out, c)) for c in range(num_chunks)]
     samples = np.concatenate([c["arr_0"] for c in chunks])
     labels = np.concatenate([c["arr_1"] for c in chunks])
-    _save_npz(out / "samples.npz", arr_0=samples, arr_1=labels)
+    write_npz(out / "samples.npz", arr_0=samples, arr_1=labels)
     grid = samples[:64]
     side = int(np.sqrt(len(grid)))
     images.save_grid(grid[: side * side].reshape(side, side, *grid.shape[1:]), out / "grid.png")

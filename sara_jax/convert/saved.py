@@ -13,6 +13,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from sara_jax.atomic import write_json
+
 PyTree = Any
 INFO_FILE = "sara_jax_encoder.json"
 
@@ -28,7 +30,7 @@ def save_converted(directory: str, params: PyTree, info: dict[str, Any]) -> None
     path = epath.Path(directory).expanduser().absolute()
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(path / "params", params)
-    (path / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
+    write_json(path / INFO_FILE, info)
 
 
 def restore_converted(directory: str, expected: PyTree, info: dict[str, Any], field: str) -> PyTree:

@@ -21,13 +21,6 @@ from sara_jax.data import records
 Encode = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def write_json(path: Path, value: Any) -> None:
-    """Atomically: readers see the old file or the whole new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)
-
-
 def certificate(out: Path, name: str) -> Path:
     return out / f"{name}.done.json"
 

@@ -4,6 +4,7 @@
     python benchmarks/train_step.py --config=configs/sit_b.py --mode=sara --batch=128 \\
         --config.model.remat=True --config.train.grad_accum_steps=2
     python benchmarks/train_step.py --config=configs/demo.py --steps=2 --warmup=1   # CPU smoke
+    python benchmarks/train_step.py --config=configs/sit_xl.py --target=h100_sxm   # no GPU here
 
 Runs `sara_jax.train_step.make_train_step`, the step training runs, on the config's real
 architectures with random weights (no downloads: the encoder and D are randomly initialised,
@@ -19,11 +20,19 @@ assignment of the compiled step (arguments + outputs + temporaries - donated) an
 backend reports it, the allocator's peak (cumulative over the modes of one run: they go from
 the smallest to the largest). Memory options are config fields: `model.remat` and
 `train.grad_accum_steps`.
+
+`--target=NAME` compiles the step ahead of time for a GPU this machine does not have (one of
+benchmarks/targets/NAME.textproto, XLA's description of the device) and reports the compile
+time and that GPU's buffer assignment, nothing timed: whether a batch fits, on a CPU box. It
+needs JAX's CUDA plugin and cuDNN installed, no GPU or driver (see `target_devices`). XLA's GPU
+compiler rematerialises on its own to fit the device's memory; `--target_memory_gib=1024`
+shows what the step would take without that.
 """
 
 import copy
 import gzip
 import json
+import os
 import re
 import time
 from collections import Counter
@@ -38,6 +47,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
+from jax.experimental import topologies
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
@@ -46,7 +56,7 @@ from sara_jax import flops
 from sara_jax.atomic import write_json
 from sara_jax.config import METHODS, set_alignment, validate
 from sara_jax.encoders import encoder_module, features_fn
-from sara_jax.train_state import build_models, create_train_state
+from sara_jax.train_state import TrainState, build_models, create_train_state
 from sara_jax.train_step import AXIS, data_mesh, make_train_step
 
 # Mode -> alignment terms: a plain SiT, REPA, SARA (the configs' "none", "repa", "sara").
@@ -62,25 +72,76 @@ _PEAK = flags.DEFINE_float("peak_tflops", None, "Per-device peak for MFU; defaul
 _PROFILE_DIR = flags.DEFINE_string(
     "profile_dir", None, "Trace `disc.every` more steps per mode with jax.profiler into DIR/MODE."
 )
+_TARGET = flags.DEFINE_string(
+    "target", None, "Compile only, ahead of time, for this GPU (benchmarks/targets/NAME)."
+)
+_TARGET_MEMORY = flags.DEFINE_float(
+    "target_memory_gib", None, "Override the --target GPU's memory size (GiB)."
+)
 _OUT = flags.DEFINE_string("out", None, "Write the results as JSON to this file.")
 flags.mark_flags_as_required(["config"])
 
 PyTree = Any
 GIB = 2**30
+TARGETS = Path(__file__).parent / "targets"
+
+
+def prepare_deviceless() -> None:
+    """Sets up JAX, before it starts a backend, to compile for a GPU that is not here: CPU as
+    the host platform, no check of a CUDA install beside the plugin, and no Triton GEMM
+    fusions (with no GPU to autotune them on, XLA finds no tile sizes for them; cuBLAS runs
+    those matmuls instead, which needs the same buffers)."""
+    os.environ["JAX_SKIP_CUDA_CONSTRAINTS_CHECK"] = "1"
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_triton_gemm=false"
+    ).strip()
+    jax.config.update("jax_platforms", "cpu")
+
+
+def target_devices(name: str, memory_gib: float | None = None) -> list[jax.Device]:
+    """The one GPU described in benchmarks/targets/NAME.textproto (XLA's
+    GpuTargetConfig), to compile for without that GPU.
+
+    Needs `pip install jax-cuda12-plugin==<jax version> nvidia-cudnn-cu12` (the plugin builds
+    the executable; cuDNN is asked for its version while tracing the fused attention), and
+    must run after `prepare_deviceless`.
+    Args:
+      memory_gib: replaces the device's memory size (XLA rematerialises to fit it).
+    """
+    path = TARGETS / f"{name}.textproto"
+    if not path.is_file():
+        known = sorted(p.stem for p in TARGETS.glob("*.textproto"))
+        raise ValueError(f"--target={name}: no {path}; known targets: {known}")
+    text = path.read_text()
+    if memory_gib is not None:
+        size = f"device_memory_size: {int(memory_gib * GIB)}"
+        text = re.sub(r"device_memory_size: \d+", size, text)
+    try:
+        topology = topologies.get_topology_desc(
+            platform="cuda", target_config=text, topology="1x1x1"
+        )
+    except NotImplementedError as e:  # JAX without the plugin knows no CUDA topology.
+        raise RuntimeError(
+            f"--target={name} compiles with JAX's CUDA plugin, which is not installed: "
+            f"pip install jax-cuda12-plugin=={jax.__version__} nvidia-cudnn-cu12"
+        ) from e
+    return list(topology.devices)
 
 
 def random_encoder(
-    config: ml_collections.ConfigDict,
+    config: ml_collections.ConfigDict, abstract: bool = False
 ) -> tuple[nn.Module, Callable[[PyTree, jax.Array], jax.Array], PyTree]:
     """The config's frozen encoder with random weights: (module, features, params).
 
     features: (params, uint8 images (B, H, W, 3)) -> (B, N, z_dim), the computation
     `sara_jax.encoders.load_encoder` builds around the published weights.
+    abstract: params as shapes and dtypes only (jax.ShapeDtypeStruct), nothing computed.
     """
     module = encoder_module(config.encoder)
     size = config.encoder.image_size
-    params = jax.jit(module.init)(jax.random.key(1), jnp.zeros((1, size, size, 3)))["params"]
-    return module, features_fn(config.encoder, module), params
+    args = (jax.random.key(1), jnp.zeros((1, size, size, 3)))
+    params = jax.eval_shape(module.init, *args) if abstract else jax.jit(module.init)(*args)
+    return module, features_fn(config.encoder, module), params["params"]
 
 
 def synthetic_batch(config: ml_collections.ConfigDict, batch: int) -> dict[str, np.ndarray]:
@@ -99,9 +160,19 @@ def synthetic_batch(config: ml_collections.ConfigDict, batch: int) -> dict[str, 
     return out
 
 
-def memory_figures(compiled, device: jax.Device) -> dict[str, float | None]:
+def place(tree: PyTree, sharding: NamedSharding, abstract: bool) -> PyTree:
+    """`tree` on the mesh: device arrays, or (abstract) their shapes, dtypes and sharding."""
+    if abstract:
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree
+        )
+    return jax.device_put(tree, sharding)
+
+
+def memory_figures(compiled, device: jax.Device | None) -> dict[str, float | None]:
     """XLA's static buffer assignment of the compiled step (per device, GiB) and the
-    allocator's peak so far (None where the backend keeps no statistics, e.g. CPU)."""
+    allocator's peak so far (None where the backend keeps no statistics, e.g. CPU, or when
+    compiled for a device that is not here: `device` None)."""
     analysis = compiled.memory_analysis()
     assigned = None
     if analysis is not None:
@@ -111,7 +182,7 @@ def memory_figures(compiled, device: jax.Device) -> dict[str, float | None]:
             + analysis.temp_size_in_bytes
             - analysis.alias_size_in_bytes
         ) / GIB
-    stats = device.memory_stats() or {}
+    stats = (device.memory_stats() if device is not None else None) or {}
     peak = stats.get("peak_bytes_in_use")
     return {"compiled_gib": assigned, "peak_in_use_gib": None if peak is None else peak / GIB}
 
@@ -213,8 +284,13 @@ def benchmark(
     warmup: int,
     peak_tflops: float | None,
     profile_dir: Path | None,
+    ahead_of_time: bool = False,
 ) -> dict:
-    """Compiles and times the step of `base` with `mode`'s objective; returns its figures."""
+    """Compiles and times the step of `base` with `mode`'s objective; returns its figures.
+
+    ahead_of_time: `mesh` holds devices that are not here (`target_devices`): compile only, from
+      shapes, and report no allocator peak and no timings.
+    """
     config = copy.deepcopy(base)
     set_alignment(config, MODES[mode])
     config.data.global_batch_size = batch
@@ -222,16 +298,22 @@ def benchmark(
     validate(config, num_devices=num_devices)
     replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))
 
-    encoder, features, encoder_params = random_encoder(config)
+    encoder, features, encoder_params = random_encoder(config, abstract=ahead_of_time)
     if mode == "sit":  # A plain SiT never reads the encoder: keep its weights off the device.
         encoder_params = {}
     num_tokens = (config.encoder.image_size // encoder.patch_size) ** 2
     models = build_models(config, encoder.embed_dim)
-    state = jax.jit(
-        lambda key: create_train_state(config, models, num_tokens, key), out_shardings=replicated
-    )(jax.random.key(config.seed))
-    data = jax.device_put(synthetic_batch(config, batch), rows)
-    encoder_params = jax.device_put(encoder_params, replicated)
+
+    def init(key: jax.Array) -> TrainState:
+        return create_train_state(config, models, num_tokens, key)
+
+    key = jax.random.key(config.seed)
+    if ahead_of_time:
+        state = place(jax.eval_shape(init, key), replicated, abstract=True)
+    else:
+        state = jax.jit(init, out_shardings=replicated)(key)
+    data = place(synthetic_batch(config, batch), rows, ahead_of_time)
+    encoder_params = place(encoder_params, replicated, ahead_of_time)
     step = make_train_step(config, models, features, mesh)
 
     start = time.perf_counter()
@@ -253,9 +335,11 @@ def benchmark(
         "flops_per_image": counts,
         # XLA's count of the per-device program: includes elementwise work, see flops.py.
         "xla_flops_per_image": xla_cost.get("flops", 0.0) * num_devices / batch or None,
-        "memory": memory_figures(compiled, mesh.devices.flat[0]),
+        "memory": memory_figures(compiled, None if ahead_of_time else mesh.devices.flat[0]),
+        # Forward and backward calls of cuDNN's fused attention (0: XLA's attention throughout).
+        "cudnn_attention_calls": compiled.as_text().count('custom_call_target="__cudnn$fmha'),
     }
-    if steps == 0:
+    if steps == 0 or ahead_of_time:
         return result
 
     for _ in range(warmup):
@@ -328,7 +412,11 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
-    devices = jax.devices()[: _NUM_DEVICES.value] if _NUM_DEVICES.value else jax.devices()
+    if _TARGET.value:
+        prepare_deviceless()
+        devices = target_devices(_TARGET.value, _TARGET_MEMORY.value)
+    else:
+        devices = jax.devices()[: _NUM_DEVICES.value] if _NUM_DEVICES.value else jax.devices()
     mesh = data_mesh(devices)
     kind = devices[0].device_kind
     peak = _PEAK.value or flops.PEAK_BF16_TFLOPS.get(kind)
@@ -338,13 +426,23 @@ def main(argv: list[str]) -> None:
     results = {}
     for mode in modes:
         results[mode] = benchmark(
-            config, mode, batch, mesh, _STEPS.value, _WARMUP.value, peak, profile_dir
+            config,
+            mode,
+            batch,
+            mesh,
+            _STEPS.value,
+            _WARMUP.value,
+            peak,
+            profile_dir,
+            ahead_of_time=bool(_TARGET.value),
         )
     report = {
         "device_kind": kind,
         "platform": devices[0].platform,
         "num_devices": len(devices),
         "peak_bf16_tflops_per_device": peak,
+        "target": _TARGET.value,
+        "target_memory_gib": _TARGET_MEMORY.value,
         "jax_version": jax.__version__,
         "flax_version": flax.__version__,
         "config_file": config_flags.get_config_filename(flags.FLAGS["config"]),

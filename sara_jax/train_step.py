@@ -319,7 +319,7 @@ def make_train_step(
       mesh: a mesh with a `data` axis; `batch` is sharded over it, the rest is replicated.
       disc_gate: how the every-`disc.every`-steps D update is gated: "cond" (lax.cond, only the
         taken branch runs) or "mask" (computed every step, applied with a select). None picks
-        "mask" on CPU, where XLA runs the convolutions inside a conditional some 50x slower,
+        "mask" for a CPU mesh, where XLA runs the convolutions inside a conditional some 50x slower,
         and "cond" elsewhere. Both give the same result.
     The state argument is donated. Metrics are global-batch averages (float32 scalars).
     """
@@ -329,7 +329,7 @@ def make_train_step(
     lc = config.loss
     decay = config.train.ema_decay
     if disc_gate is None:
-        disc_gate = "mask" if jax.default_backend() == "cpu" else "cond"
+        disc_gate = "mask" if mesh.devices.flat[0].platform == "cpu" else "cond"
     if disc_gate not in ("cond", "mask"):
         raise ValueError(f"disc_gate must be 'cond' or 'mask', got {disc_gate!r}")
 

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from sara_jax.models import attention as attention_module
 from sara_jax.models.attention import attention
@@ -77,3 +78,14 @@ def test_cudnn_is_tried_for_half_precision_on_gpu_only(monkeypatch, spy, backend
     assert spy == tried
     # Whatever was tried, the result is XLA's (cuDNN "failed" here).
     np.testing.assert_array_equal(out, jax.nn.dot_product_attention(q, k, v))
+
+
+def test_the_mesh_being_compiled_for_decides_not_the_default_backend(monkeypatch, spy):
+    """Inside shard_map the mesh's platform counts (a CPU mesh here, however the default
+    backend is named), which is what lets the step compile ahead of time for a GPU."""
+    monkeypatch.setattr(attention_module.jax, "default_backend", lambda: "gpu")
+    mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+    q, k, v = qkv(jnp.bfloat16)
+    step = jax.shard_map(lambda q, k, v: attention(q, k, v), mesh=mesh, in_specs=P(), out_specs=P())
+    jax.jit(step).lower(q, k, v)
+    assert spy == ["xla"]

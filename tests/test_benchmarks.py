@@ -1,5 +1,6 @@
 """Smoke tests of the benchmarks: a few steps of a shrunken demo config on 8 CPU devices."""
 
+import importlib.metadata
 import json
 import math
 import os
@@ -7,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,3 +85,49 @@ def test_sample_benchmark(tmp_path):
     assert report["method"] == "euler" and report["velocity_evaluations"] == 4
     assert report["images_per_sec"] > 0 and report["compile_s"] > 0
     assert report["flops_per_image"] > 0 and report["mfu"] is None
+
+
+def tiny_config():
+    """configs/demo.py with the TINY overrides, in this process."""
+    from configs import demo
+
+    config = demo.get_config()
+    for flag in TINY[1:]:
+        name, value = flag.removeprefix("--config.").split("=")
+        config.update_from_flattened_dict({name: int(value)})
+    return config
+
+
+def test_compiling_from_shapes_builds_the_program_that_runs():
+    """--target's path (abstract state, batch and encoder, nothing computed) gives the same
+    executable as the timed path, here both on the CPU mesh."""
+    from benchmarks.train_step import benchmark
+    from sara_jax.train_step import data_mesh
+
+    mesh = data_mesh(jax.devices()[:2])
+    runs = [
+        benchmark(tiny_config(), "sara", 4, mesh, 0, 0, None, None, ahead_of_time=aot)
+        for aot in (False, True)
+    ]
+    for key in ("memory", "xla_flops_per_image", "flops_per_image", "cudnn_attention_calls"):
+        assert runs[0][key] == runs[1][key], key
+    assert runs[1]["memory"]["peak_in_use_gib"] is None and "step_ms" not in runs[1]
+
+
+def test_target_names_the_known_targets():
+    from benchmarks.train_step import target_devices
+
+    with pytest.raises(ValueError, match=r"--target=b200: no .*b200.textproto.*'h100_sxm'"):
+        target_devices("b200")
+
+
+def test_target_without_the_cuda_plugin_says_what_to_install():
+    from benchmarks.train_step import target_devices
+
+    try:
+        importlib.metadata.version("jax-cuda12-plugin")
+        pytest.skip("the CUDA plugin is installed here")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    with pytest.raises(RuntimeError, match=rf"pip install jax-cuda12-plugin=={jax.__version__}"):
+        target_devices("h100_sxm")

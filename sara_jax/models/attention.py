@@ -16,6 +16,14 @@ from absl import logging
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
+def target_platform() -> str:
+    """The platform the traced code is compiled for: the mesh's inside `shard_map` (which is
+    also right when compiling ahead of time for a machine that is not this one, see
+    benchmarks/train_step.py --target), else JAX's default backend."""
+    device = jax.sharding.get_abstract_mesh().abstract_device
+    return jax.default_backend() if device is None else device.platform
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """Multi-head softmax(q k^T / sqrt(head_dim)) v, no mask.
 
@@ -24,7 +32,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     Returns: (B, T, heads, head_dim) in that dtype. Logits and softmax are float32 on both
       paths (cuDNN accumulates in float32; XLA's path upcasts), even for bf16 inputs.
     """
-    if jax.default_backend() == "gpu" and q.dtype in CUDNN_DTYPES:
+    if target_platform() == "gpu" and q.dtype in CUDNN_DTYPES:
         try:
             return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
         except (NotImplementedError, ValueError, RuntimeError) as e:

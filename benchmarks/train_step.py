@@ -21,12 +21,12 @@ backend reports it, the allocator's peak (cumulative over the modes of one run: 
 the smallest to the largest). Memory options are config fields: `model.remat` and
 `train.grad_accum_steps`.
 
-`--target=NAME` compiles the step ahead of time for a GPU this machine does not have (one of
-benchmarks/targets/NAME.textproto, XLA's description of the device) and reports the compile
-time and that GPU's buffer assignment, nothing timed: whether a batch fits, on a CPU box. It
-needs JAX's CUDA plugin and cuDNN installed, no GPU or driver (see `target_devices`). XLA's GPU
-compiler rematerialises on its own to fit the device's memory; `--target_memory_gib=1024`
-shows what the step would take without that.
+`--target=NAME` compiles the step ahead of time for devices this machine does not have: a GPU
+(benchmarks/targets/NAME.textproto, XLA's description of it) or a Cloud TPU slice
+(`tpu:v5e:2x2`), and reports the compile time and those devices' buffer assignment, nothing
+timed: whether a batch fits, on a CPU box. It needs JAX's CUDA plugin and cuDNN, or libtpu,
+installed, no accelerator (see `target_devices`). XLA's GPU compiler rematerialises on its own
+to fit the device's memory; `--target_memory_gib=1024` shows what the step would take without.
 """
 
 import copy
@@ -73,7 +73,7 @@ _PROFILE_DIR = flags.DEFINE_string(
     "profile_dir", None, "Trace `disc.every` more steps per mode with jax.profiler into DIR/MODE."
 )
 _TARGET = flags.DEFINE_string(
-    "target", None, "Compile only, ahead of time, for this GPU (benchmarks/targets/NAME)."
+    "target", None, "Compile only, for a GPU (benchmarks/targets/NAME) or tpu:TOPOLOGY."
 )
 _TARGET_MEMORY = flags.DEFINE_float(
     "target_memory_gib", None, "Override the --target GPU's memory size (GiB)."
@@ -87,8 +87,8 @@ TARGETS = Path(__file__).parent / "targets"
 
 
 def prepare_deviceless() -> None:
-    """Sets up JAX, before it starts a backend, to compile for a GPU that is not here: CPU as
-    the host platform, no check of a CUDA install beside the plugin, and no Triton GEMM
+    """Sets up JAX, before it starts a backend, to compile for devices that are not here: CPU
+    as the host platform, no check of a CUDA install beside the plugin, and no Triton GEMM
     fusions (with no GPU to autotune them on, XLA finds no tile sizes for them; cuBLAS runs
     those matmuls instead, which needs the same buffers)."""
     os.environ["JAX_SKIP_CUDA_CONSTRAINTS_CHECK"] = "1"
@@ -99,19 +99,32 @@ def prepare_deviceless() -> None:
 
 
 def target_devices(name: str, memory_gib: float | None = None) -> list[jax.Device]:
-    """The one GPU described in benchmarks/targets/NAME.textproto (XLA's
-    GpuTargetConfig), to compile for without that GPU.
+    """The devices of a machine that is not here, to compile for: `tpu:TOPOLOGY` (a Cloud TPU
+    slice as JAX names it, e.g. `tpu:v5e:2x2`, `tpu:v5p:2x2x1`; needs `pip install libtpu`), or
+    NAME, the one GPU described in benchmarks/targets/NAME.textproto (XLA's GpuTargetConfig;
+    needs `pip install jax-cuda12-plugin==<jax version> nvidia-cudnn-cu12`: the plugin builds
+    the executable, cuDNN is asked its version while tracing the fused attention).
 
-    Needs `pip install jax-cuda12-plugin==<jax version> nvidia-cudnn-cu12` (the plugin builds
-    the executable; cuDNN is asked for its version while tracing the fused attention), and
-    must run after `prepare_deviceless`.
+    Must run after `prepare_deviceless`.
     Args:
-      memory_gib: replaces the device's memory size (XLA rematerialises to fit it).
+      memory_gib: replaces the GPU's memory size (XLA rematerialises to fit it).
     """
+    if name.startswith("tpu:"):
+        if memory_gib is not None:
+            raise ValueError(f"--target_memory_gib is for GPU targets, not --target={name}")
+        try:
+            return list(topologies.get_topology_desc(name.removeprefix("tpu:"), "tpu").devices)
+        except RuntimeError as e:
+            if "not installed" not in str(e):
+                raise
+            raise RuntimeError(
+                f"--target={name} compiles with libtpu, which is not installed: "
+                f"pip install jax[tpu]=={jax.__version__}"
+            ) from e
     path = TARGETS / f"{name}.textproto"
     if not path.is_file():
         known = sorted(p.stem for p in TARGETS.glob("*.textproto"))
-        raise ValueError(f"--target={name}: no {path}; known targets: {known}")
+        raise ValueError(f"--target={name}: no {path}; known GPU targets: {known}, or tpu:TOPOLOGY")
     text = path.read_text()
     if memory_gib is not None:
         size = f"device_memory_size: {int(memory_gib * GIB)}"

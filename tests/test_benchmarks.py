@@ -131,3 +131,17 @@ def test_target_without_the_cuda_plugin_says_what_to_install():
         pass
     with pytest.raises(RuntimeError, match=rf"pip install jax-cuda12-plugin=={jax.__version__}"):
         target_devices("h100_sxm")
+
+
+def test_tpu_target_without_libtpu_says_what_to_install():
+    from benchmarks.train_step import target_devices
+
+    try:
+        importlib.metadata.version("libtpu")
+        pytest.skip("libtpu is installed here")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    with pytest.raises(RuntimeError, match=rf"pip install jax\[tpu\]=={jax.__version__}"):
+        target_devices("tpu:v5e:2x2")
+    with pytest.raises(ValueError, match="--target_memory_gib is for GPU targets"):
+        target_devices("tpu:v5e:2x2", memory_gib=16)

@@ -336,6 +336,7 @@ def benchmark(
     compiled_at = time.perf_counter()
     counts = flops.train_step(config, *models, encoder)
     xla_cost = compiled.cost_analysis() or {}
+    hlo_text = compiled.as_text()
     result = {
         "mode": mode,
         "global_batch": batch,
@@ -350,7 +351,7 @@ def benchmark(
         "xla_flops_per_image": xla_cost.get("flops", 0.0) * num_devices / batch or None,
         "memory": memory_figures(compiled, None if ahead_of_time else mesh.devices.flat[0]),
         # Forward and backward calls of cuDNN's fused attention (0: XLA's attention throughout).
-        "cudnn_attention_calls": compiled.as_text().count('custom_call_target="__cudnn$fmha'),
+        "cudnn_attention_calls": hlo_text.count('custom_call_target="__cudnn$fmha'),
     }
     if steps == 0 or ahead_of_time:
         return result
@@ -369,7 +370,7 @@ def benchmark(
             for _ in range(config.disc.every):
                 state, metrics = compiled(state, data, encoder_params)
             jax.block_until_ready((state, metrics))
-        result["profile"] = op_time_summary(profile_dir / mode, compiled.as_text())
+        result["profile"] = op_time_summary(profile_dir / mode, hlo_text)
 
     step_s = float(np.mean(times))
     achieved = counts["total"] * batch / step_s / num_devices

@@ -18,11 +18,11 @@ import numpy as np
 import tqdm
 from absl import app, flags
 
-from sara_jax.atomic import write_json
 from sara_jax.data import records
 from sara_jax.data.pipeline import make_train_iterator
 from sara_jax.data.records import RecordsSource
 from sara_jax.data.shard_writer import write_shard
+from sara_jax.io.files import write_json
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Records directory; synthetic if unset.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Global batch size (one process).")

@@ -23,13 +23,15 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from sara_jax import flops, generate
-from sara_jax.atomic import write_json
 from sara_jax.config import validate
-from sara_jax.encoder_registry import encoder_width
+from sara_jax.encoders.registry import encoder_width
+from sara_jax.io.files import write_json
+from sara_jax.models.dtype import dtype_of
 from sara_jax.models.vae import AutoencoderKL
-from sara_jax.train_state import build_models, dtype_of
-from sara_jax.train_step import AXIS, data_mesh
+from sara_jax.sampling import denoiser
+from sara_jax.training import flops
+from sara_jax.training.state import build_models
+from sara_jax.training.step import AXIS, data_mesh
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file.")
 _BATCH = flags.DEFINE_integer("batch", None, "Samples per batch; default config.sample.batch_size.")
@@ -67,7 +69,7 @@ def main(argv: list[str]) -> None:
         vae_params = jax.jit(vae.init, out_shardings=replicated)(
             jax.random.key(1), jnp.zeros((1, size, size, 3))
         )["params"]
-    denoise = generate.make_denoiser(config, sit)
+    denoise = denoiser.make_denoiser(config, sit)
 
     @jax.jit
     def draw(params, vae_params, noise, labels, key):

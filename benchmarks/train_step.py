@@ -52,12 +52,12 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from sara_jax import flops
-from sara_jax.atomic import write_json
 from sara_jax.config import METHODS, set_alignment, validate
-from sara_jax.encoders import encoder_module, features_fn
-from sara_jax.train_state import TrainState, build_models, create_train_state
-from sara_jax.train_step import AXIS, data_mesh, make_train_step
+from sara_jax.encoders.load import encoder_module, features_fn
+from sara_jax.io.files import write_json
+from sara_jax.training import flops
+from sara_jax.training.state import TrainState, build_models, create_train_state
+from sara_jax.training.step import AXIS, data_mesh, make_train_step
 
 # Mode -> alignment terms: a plain SiT, REPA, SARA (the configs' "none", "repa", "sara").
 MODES = {"sit": METHODS["none"], "repa": METHODS["repa"], "sara": METHODS["sara"]}

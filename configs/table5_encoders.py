@@ -11,7 +11,7 @@ are (16 x 16 patches of 16 px), as REPA does.
 """
 
 from sara_jax.config import METHODS, paper_config
-from sara_jax.encoder_registry import ENCODERS
+from sara_jax.encoders.registry import ENCODERS
 
 # REPA's local files (utils.load_encoders) for the encoders that are not on the hub; the "./"
 # keeps a relative path from reading as a hub id "org/name".

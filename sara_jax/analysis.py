@@ -18,13 +18,12 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from sara_jax import images, job, losses
-from sara_jax.atomic import write_json
 from sara_jax.data.pipeline import make_source
-from sara_jax.encoders import load_encoder
-from sara_jax.sample import restore_params
-from sara_jax.train_state import build_models
-from sara_jax.train_step import clean_input, make_objective
+from sara_jax.encoders.load import load_encoder
+from sara_jax.io import cli, files
+from sara_jax.objective import losses
+from sara_jax.objective.family import clean_input, make_objective
+from sara_jax.training.state import build_models, restore_params
 
 PyTree = Any
 
@@ -56,7 +55,7 @@ def top_singular_energy(tokens: np.ndarray, k: int = 50) -> float:
 
     The stack is decomposed as given, neither centred nor normalised: SARA.md specifies an SVD of
     the stacked representations and nothing more. k is clipped to min(M, D).
-    Args: tokens: (M, D), e.g. (B * N, D) patch tokens of B images.
+    Args: tokens: (M, D), e.g. (B * N, D) patch tokens of B files.
     """
     s = np.linalg.svd(np.asarray(tokens, np.float64), compute_uv=False)
     energy = s * s
@@ -78,7 +77,7 @@ def heatmap_png(maps: np.ndarray, path: str | os.PathLike, cell: int = 64) -> No
 
     Each map is divided by its largest |value| (so it spans at most [-1, 1]), coloured with the
     fixed map of `colorize`, and nearest-upsampled to cell x cell pixels; cells are tiled as
-    `images.save_grid` does (2 white pixels between and around them).
+    `files.save_grid` does (2 white pixels between and around them).
     """
     maps = np.asarray(maps, np.float32)
     rows, cols, h, w = maps.shape
@@ -86,7 +85,7 @@ def heatmap_png(maps: np.ndarray, path: str | os.PathLike, cell: int = 64) -> No
     maps = maps / np.where(scale > 0, scale, 1.0)
     # Nearest upsampling: output pixel i shows map row (or column) i * h // cell.
     maps = maps[:, :, np.arange(cell) * h // cell][:, :, :, np.arange(cell) * w // cell]
-    images.save_grid(colorize(maps), path)
+    files.save_grid(colorize(maps), path)
 
 
 def representations(
@@ -153,11 +152,11 @@ def write_figures(reps: dict[str, np.ndarray], out: Path, top_k: int, info: dict
         k = min(top_k, *stack.shape)
         result[name] = {"energy": top_singular_energy(stack, k), "k": k, "shape": stack.shape}
         logging.info("%s %s: top-%d energy %.4f", name, stack.shape, k, result[name]["energy"])
-    write_json(out / "fig2b.json", result)
+    files.write_json(out / "fig2b.json", result)
 
 
 def main(argv: list[str]) -> None:
-    config = job.start(argv)
+    config = cli.start(argv)
     f = flags.FLAGS
     reps, step = representations(config, f.workdir, f.num_images, f.t)
     info = {"workdir": str(f.workdir), "step": step, "num_images": f.num_images, "t": f.t}
@@ -166,7 +165,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    job.define_flags()
+    cli.define_flags()
     flags.DEFINE_string("workdir", None, "The training run's workdir (its checkpoints/).")
     flags.DEFINE_string("out", None, "Directory for fig2a.png and fig2b.json.")
     flags.DEFINE_integer("num_images", 8, "The first this many records of config.data.")

@@ -10,9 +10,9 @@ from typing import Any
 
 import ml_collections
 
-from sara_jax import diffusion, sampling
-from sara_jax.encoder_registry import ENCODERS
+from sara_jax.encoders.registry import ENCODERS
 from sara_jax.models.sit import PRESETS
+from sara_jax.sampling import ddpm, samplers
 
 DTYPES = ("float32", "bfloat16")
 FAMILIES = ("sit", "dit")
@@ -354,11 +354,11 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     _check(m.family in FAMILIES, "model.family", f"one of {FAMILIES}", m.family)
     # Each objective has its own samplers: the SiT's integrate a velocity, DDPM needs eps and
     # the learned variance.
-    samplers = sampling.SAMPLERS if m.family == "sit" else diffusion.SAMPLERS
+    methods = samplers.SAMPLERS if m.family == "sit" else ddpm.SAMPLERS
     _check(
-        c.sample.method in samplers,
+        c.sample.method in methods,
         "sample.method",
-        f"one of {samplers} for model.family={m.family!r}",
+        f"one of {methods} for model.family={m.family!r}",
         c.sample.method,
     )
     d = c.diffusion

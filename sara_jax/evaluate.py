@@ -13,56 +13,13 @@ featurised when a statistic is missing and for precision/recall.
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import tqdm
 from absl import app, flags, logging
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from sara_jax.atomic import write_json
-from sara_jax.evaluation import metrics
-from sara_jax.models.inception import FIDInceptionV3, preprocess
+from sara_jax.evaluation import inception, metrics
+from sara_jax.io.files import write_json
 
 PyTree = Any
-
-
-def make_featurizer(
-    model: FIDInceptionV3, variables: PyTree, batch_size: int, preprocessing: str = "adm"
-):
-    """uint8 images (N, H, W, 3) -> {"pool3": (N, 2048), "logits": (N, 1008), "spatial":
-    (N, 2023)} numpy arrays, in batches data parallel over this process's devices.
-
-    preprocessing: "adm" (ADM's evaluator, the paper's numbers) or "pytorch_fid".
-    """
-    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
-    rows = NamedSharding(mesh, P("data"))
-    variables = jax.device_put(variables, NamedSharding(mesh, P()))
-    if batch_size % jax.local_device_count():
-        raise ValueError(f"--batch_size={batch_size} must divide by {jax.local_device_count()}")
-
-    @jax.jit
-    def features(variables: PyTree, images: jax.Array) -> dict[str, jax.Array]:
-        out = model.apply(variables, preprocess(images, preprocessing))
-        # ADM's IS reads the logits MatMul, before the bias add.
-        logits = jnp.dot(
-            out["pool3"], variables["params"]["fc"]["kernel"], precision=jax.lax.Precision.HIGHEST
-        )
-        return {"pool3": out["pool3"], "logits": logits, "mixed_6_conv": out["mixed_6_conv"]}
-
-    def run(images: np.ndarray) -> dict[str, np.ndarray]:
-        parts = []
-        for start in tqdm.trange(0, len(images), batch_size, unit="batch"):
-            batch = images[start : start + batch_size]
-            padded = np.resize(batch, (batch_size, *batch.shape[1:]))
-            out = features(variables, jax.device_put(padded, rows))
-            parts.append({k: np.asarray(v)[: len(batch)] for k, v in out.items()})
-        joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        joined["spatial"] = metrics.spatial_features(joined.pop("mixed_6_conv"))
-        return joined
-
-    return run
 
 
 def evaluate(
@@ -93,7 +50,7 @@ def evaluate(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from sara_jax.convert.inception import load_inception
+    from sara_jax.converters.inception import load_inception
 
     f = flags.FLAGS
     samples_path = Path(f.samples)
@@ -104,7 +61,7 @@ def main(argv: list[str]) -> None:
             raise ValueError(f"--samples={f.samples!r} has no arr_0 (keys: {sorted(data)})")
         samples = data["arr_0"]
     model, variables = load_inception(f.inception, "--inception")
-    featurize = make_featurizer(model, variables, f.batch_size, f.preprocessing)
+    featurize = inception.make_featurizer(model, variables, f.batch_size, f.preprocessing)
     results = evaluate(samples, metrics.load_reference(f.reference), featurize)
     out = Path(f.out) if f.out else samples_path.with_name("metrics.json")
     write_json(out, {**results, "reference": f.reference, "preprocessing": f.preprocessing})

@@ -10,7 +10,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sara_jax import train
+from sara_jax.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and samples go.")
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> None:
         jax.device_count(),
     )
     logging.info("config:\n%s", _CONFIG.value)
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,7 @@ from absl import app, logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sara_jax import job
-from sara_jax.atomic import write_json
-from sara_jax.convert.vae import load_vae
+from sara_jax.converters.vae import load_vae
 from sara_jax.data import records
 from sara_jax.data.imagenet import make_raw_source
 from sara_jax.data.shard_writer import (
@@ -39,7 +37,9 @@ from sara_jax.data.shard_writer import (
     shard_is_complete,
     write_shard,
 )
-from sara_jax.train_state import dtype_of
+from sara_jax.io import cli
+from sara_jax.io.files import write_json
+from sara_jax.models.dtype import dtype_of
 
 PyTree = Any
 
@@ -143,10 +143,10 @@ def preprocess(config: ml_collections.ConfigDict, process_index: int, process_co
 
 
 def main(argv: list[str]) -> None:
-    config = job.start(argv)
+    config = cli.start(argv)
     preprocess(config, jax.process_index(), jax.process_count())
 
 
 if __name__ == "__main__":
-    job.define_flags()
+    cli.define_flags()
     app.run(main)

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sara_jax.convert import clip
-from sara_jax.convert.checkpoint import load_state_dict
+from sara_jax.converters import clip
+from sara_jax.converters.checkpoint import load_state_dict
 from sara_jax.models.clip_vit import ClipVisionTransformer
 
 torch = pytest.importorskip("torch")

@@ -9,8 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from sara_jax.convert import dinov2 as convert_dinov2  # noqa: E402
-from sara_jax.convert.checkpoint import load_state_dict  # noqa: E402
+from sara_jax.converters import dinov2 as convert_dinov2  # noqa: E402
+from sara_jax.converters.checkpoint import load_state_dict  # noqa: E402
 from sara_jax.models.dinov2 import DinoV2  # noqa: E402
 
 PATCH, DIM, DEPTH, HEADS = 14, 64, 2, 4

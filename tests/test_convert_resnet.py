@@ -14,7 +14,7 @@ import pytest
 from flax import linen as nn
 from flax import traverse_util
 
-from sara_jax.convert.resnet import from_hf, from_torchvision, pretrained_discriminator
+from sara_jax.converters.resnet import from_hf, from_torchvision, pretrained_discriminator
 from sara_jax.models.discriminator import BasicBlock, Discriminator
 
 torch = pytest.importorskip("torch")

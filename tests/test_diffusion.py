@@ -1,4 +1,4 @@
-"""sara_jax.diffusion against computations that do not share its formulas: products of the
+"""sara_jax.objective.diffusion against computations that do not share its formulas: products of the
 per-step alphas, Bayes' rule for the posterior, the Gaussian KL in its textbook form, the
 exact normal CDF, and IDDPM/DiT's respacing rule written with numpy."""
 
@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sara_jax import diffusion
+from sara_jax.objective import diffusion
+from sara_jax.sampling import ddpm
 
 T = 1000
 SCHEDULE = diffusion.linear_schedule(T, 1e-4, 0.02)
@@ -241,9 +242,7 @@ def test_ddpm_walks_the_original_steps_down_and_adds_no_noise_at_the_last():
 
     noise = jax.random.normal(jax.random.key(6), (2, 2, 2, 1))
     with jax.disable_jit():
-        x0 = diffusion.ddpm_sample(
-            spaced, model_fn, noise, jnp.zeros(2, jnp.int32), jax.random.key(7)
-        )
+        x0 = ddpm.ddpm_sample(spaced, model_fn, noise, jnp.zeros(2, jnp.int32), jax.random.key(7))
     assert [list(t) for t in seen] == [[s, s] for s in [999, 749, 500, 250, 0]]
     assert all(t.dtype == np.float32 for t in seen)
     np.testing.assert_array_equal(inputs[0], noise)

@@ -10,13 +10,16 @@ import pytest
 from test_train_step import BATCH, global_batch, random_encoder, run_steps, tiny_config
 
 from configs import dit_xl
-from sara_jax import analysis, diffusion, generate, sample
+from sara_jax import analysis
 from sara_jax.config import set_alignment, sit_preset
-from sara_jax.encoder_registry import encoder_width
-from sara_jax.train_state import build_models, create_train_state
-from sara_jax.train_step import generator_loss, make_objective
+from sara_jax.encoders.registry import encoder_width
+from sara_jax.objective import diffusion
+from sara_jax.objective.family import make_objective
+from sara_jax.objective.sara import generator_loss
+from sara_jax.sampling import ddpm, denoiser, sample_set
+from sara_jax.training.state import build_models, create_train_state
 
-DIT = {"model.family": "dit", "sample.method": "ddpm"}
+DIT = {"model.family": "dit", "sample_set.method": "ddpm"}
 
 
 def tiny_dit_config(**overrides):
@@ -153,7 +156,7 @@ def test_ddpm_with_the_exact_eps_recovers_the_data_mean_and_std():
     spaced = diffusion.respace(full, 250)
     noise = jax.random.normal(jax.random.key(1), (4096, 2, 2, 2))
     model_fn = exact_gaussian_model(full, spaced)
-    draw = jax.jit(lambda z, key: diffusion.ddpm_sample(spaced, model_fn, z, None, key))
+    draw = jax.jit(lambda z, key: ddpm.ddpm_sample(spaced, model_fn, z, None, key))
     x0 = draw(noise, jax.random.key(2))
     # 16384 values: the standard errors of mean and std are ~0.004 and ~0.003.
     assert abs(float(x0.mean()) - MU) < 0.015
@@ -172,12 +175,12 @@ def labelled_model(x, t, y):
 def test_dit_guidance_acts_on_the_first_eps_channels_only():
     x, t, y = jnp.zeros((2, 2, 2, 4)), jnp.full(2, 500.0), jnp.array([0, 7])
     k = np.arange(1.0, 9.0)
-    guided = diffusion.guided_model(labelled_model, NULL, 2.0, 3)(x, t, y)
+    guided = ddpm.guided_model(labelled_model, NULL, 2.0, 3)(x, t, y)
     # w = 2: uncond + 2 (cond - uncond) = 5 k on channels 0-2; the conditional 3 k elsewhere.
     np.testing.assert_allclose(guided[0, 0, 0], np.concatenate([5 * k[:3], 3 * k[3:]]))
-    all_eps = diffusion.guided_model(labelled_model, NULL, 2.0, 4)(x, t, y)
+    all_eps = ddpm.guided_model(labelled_model, NULL, 2.0, 4)(x, t, y)
     np.testing.assert_allclose(all_eps[1, 1, 1], np.concatenate([5 * k[:4], 3 * k[4:]]))
-    assert diffusion.guided_model(labelled_model, NULL, 1.0, 3) is labelled_model
+    assert ddpm.guided_model(labelled_model, NULL, 1.0, 3) is labelled_model
 
 
 def randomized_dit(config):
@@ -190,7 +193,7 @@ def randomized_dit(config):
 
 
 def test_denoiser_is_ddpm_on_the_respaced_steps_and_scale_one_is_conditional():
-    config = tiny_dit_config(**{"sample.cfg_scale": 1.0})
+    config = tiny_dit_config(**{"sample_set.cfg_scale": 1.0})
     sit, params = randomized_dit(config)
     noise = jax.random.normal(jax.random.key(6), (4, 16, 16, 3))
     labels, key = jnp.array([0, 3, 5, 9]), jax.random.key(7)
@@ -201,15 +204,15 @@ def test_denoiser_is_ddpm_on_the_respaced_steps_and_scale_one_is_conditional():
         def network(x, t, y):
             return sit.apply({"params": params}, x, t, y)[0]
 
-        return diffusion.ddpm_sample(spaced, network, noise, labels, key)
+        return ddpm.ddpm_sample(spaced, network, noise, labels, key)
 
     # (An untrained DiT's samples are far from [-1, 1]: DDPM divides by sqrt(abar) ~ 0.006 at
     # the first step and DiT does not clip. The same computation still gives the same bits.)
     expected = conditional_sample(params, noise, labels, key)
-    denoise = jax.jit(generate.make_denoiser(config, sit, num_steps=6))
+    denoise = jax.jit(denoiser.make_denoiser(config, sit, num_steps=6))
     np.testing.assert_array_equal(denoise(params, noise, labels, key), expected)
     config.sample.cfg_scale = 4.0
-    guided = jax.jit(generate.make_denoiser(config, sit, num_steps=6))(params, noise, labels, key)
+    guided = jax.jit(denoiser.make_denoiser(config, sit, num_steps=6))(params, noise, labels, key)
     assert float(jnp.abs(guided - expected).max()) > 1e-3
 
 
@@ -254,15 +257,15 @@ def test_fig2_representations_of_a_dit_see_its_integer_step(tmp_path, monkeypatc
 def test_sample_job_writes_the_evaluation_npz_for_a_dit(tmp_path):
     config = tiny_dit_config(
         **{
-            "sample.num_samples": 10,
-            "sample.batch_size": 8,
-            "sample.num_steps": 4,
-            "sample.labels": "balanced",
-            "sample.cfg_scale": 1.5,
+            "sample_set.num_samples": 10,
+            "sample_set.batch_size": 8,
+            "sample_set.num_steps": 4,
+            "sample_set.labels": "balanced",
+            "sample_set.cfg_scale": 1.5,
         }
     )
     save_initial_state(config, tmp_path, step=3)
-    path = sample.sample_set(config, str(tmp_path), 0, 1)
+    path = sample_set.sample_set(config, str(tmp_path), 0, 1)
     assert str(path) == str(tmp_path / "samples_3" / "samples.npz")
     out = np.load(path)
     assert out["arr_0"].shape == (10, 16, 16, 3) and out["arr_0"].dtype == np.uint8

@@ -4,7 +4,7 @@ import pytest
 
 from configs import demo
 from sara_jax.data.shapes import ShapesSource
-from sara_jax.encoder_pretrain import pretrain_demo_vit, pretrained_demo_vit
+from sara_jax.encoders.pretrain import pretrain_demo_vit, pretrained_demo_vit
 
 
 def small_config(tmp_path):

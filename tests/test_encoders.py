@@ -10,11 +10,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from sara_jax import encoder_registry  # noqa: E402
 from sara_jax.config import base_config  # noqa: E402
-from sara_jax.convert.saved import save_converted  # noqa: E402
-from sara_jax.encoder_registry import CLIP_MEAN, CLIP_STD, ENCODERS, EncoderSpec  # noqa: E402
-from sara_jax.encoders import converted_info, load_encoder  # noqa: E402
+from sara_jax.converters.saved import save_converted  # noqa: E402
+from sara_jax.encoders import registry  # noqa: E402
+from sara_jax.encoders.load import converted_info, load_encoder  # noqa: E402
+from sara_jax.encoders.registry import CLIP_MEAN, CLIP_STD, ENCODERS, EncoderSpec  # noqa: E402
 
 TINY = dict(patch_size=14, embed_dim=32, depth=2, num_heads=2)
 IMAGES = np.random.default_rng(0).integers(0, 256, size=(2, 64, 64, 3), dtype=np.uint8)
@@ -86,7 +86,7 @@ def test_dinov2_features_match_repas_torch_pipeline(tmp_path):
     encoder = load_encoder(encoder_config("dinov2_tiny", path), source=None)
     assert (encoder.z_dim, encoder.num_tokens) == (32, 16)
     with torch.no_grad():
-        x = torch_inputs(encoder_registry.IMAGENET_MEAN, encoder_registry.IMAGENET_STD, False)
+        x = torch_inputs(registry.IMAGENET_MEAN, registry.IMAGENET_STD, False)
         want = repa(x).last_hidden_state[:, 1 + 4 :].numpy()
     assert_close(jax.jit(encoder.features)(encoder.params, IMAGES), want)
 

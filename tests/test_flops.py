@@ -17,16 +17,16 @@ import jax.numpy as jnp
 import pytest
 from jax.extend.core import ClosedJaxpr, Jaxpr
 
-from sara_jax import flops
 from sara_jax.config import paper_config
-from sara_jax.encoder_preprocess import encoder_inputs
-from sara_jax.encoder_registry import ENCODERS
+from sara_jax.encoders.preprocess import encoder_inputs
+from sara_jax.encoders.registry import ENCODERS
 from sara_jax.models.clip_vit import ClipVisionTransformer
 from sara_jax.models.dinov2 import DinoV2
 from sara_jax.models.discriminator import Discriminator
 from sara_jax.models.projector import Projector
 from sara_jax.models.sit import SiT
-from sara_jax.train_state import build_models
+from sara_jax.training import flops
+from sara_jax.training.state import build_models
 
 BATCH = 2
 

@@ -9,11 +9,11 @@ import tensorflow as tf
 from test_evaluate import fake_featurize, symmetric_sqrtm
 from test_train_step import tiny_config
 
-from sara_jax import train
 from sara_jax.config import validate
 from sara_jax.evaluation import in_training, metrics
-from sara_jax.sample import make_chunk_sampler
-from sara_jax.train_state import build_models, create_train_state
+from sara_jax.sampling.sample_set import make_chunk_sampler
+from sara_jax.training import loop
+from sara_jax.training.state import build_models, create_train_state
 
 
 @pytest.mark.parametrize("num_samples, chunk, count", [(20, 4, 3), (8, 8, 1), (5, 2, 2)])
@@ -85,8 +85,8 @@ def test_the_train_loop_logs_fid_every_k_steps(tmp_path, monkeypatch):
         **{
             "eval.every": 2,
             "eval.reference": str(tmp_path / "reference.npz"),
-            "train.num_steps": 4,
-            "train.checkpoint_every": 4,
+            "loop.num_steps": 4,
+            "loop.checkpoint_every": 4,
             "data.num_examples": 640,
             "encoder.pretrain.steps": 2,
             "encoder.pretrain.num_examples": 64,
@@ -98,6 +98,6 @@ def test_the_train_loop_logs_fid_every_k_steps(tmp_path, monkeypatch):
         }
     )
     monkeypatch.setattr(in_training, "inception_featurizer", lambda config: fake_featurize)
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
     fid = scalars(tmp_path / "run", "fid")
     assert sorted(fid) == [2, 4] and all(np.isfinite(v) and v > 0 for v in fid.values())

@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sara_jax.convert.inception import from_pytorch_fid, load_inception
+from sara_jax.converters.inception import from_pytorch_fid, load_inception
 from sara_jax.models.inception import FIDInceptionV3, preprocess
-from sara_jax.resize import bilinear_weights
+from sara_jax.models.resize import bilinear_weights
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sara_jax import losses
+from sara_jax.objective import losses
 
 RNG = np.random.default_rng(0)
 

@@ -15,10 +15,10 @@ transformers = pytest.importorskip("transformers")
 
 from configs import table5_encoders  # noqa: E402
 from sara_jax.config import base_config, validate  # noqa: E402
-from sara_jax.convert import mae, mocov3  # noqa: E402
-from sara_jax.convert.checkpoint import load_state_dict  # noqa: E402
-from sara_jax.encoder_registry import ENCODERS, IMAGENET_MEAN, IMAGENET_STD, EncoderSpec  # noqa: E402
-from sara_jax.encoders import load_encoder  # noqa: E402
+from sara_jax.converters import mae, mocov3  # noqa: E402
+from sara_jax.converters.checkpoint import load_state_dict  # noqa: E402
+from sara_jax.encoders.load import load_encoder  # noqa: E402
+from sara_jax.encoders.registry import ENCODERS, IMAGENET_MEAN, IMAGENET_STD, EncoderSpec  # noqa: E402
 from sara_jax.models.dinov2 import DinoV2  # noqa: E402
 
 PATCH, DIM, DEPTH, HEADS = 16, 32, 2, 2

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import tqdm
 
-from sara_jax.atomic import write_json
 from sara_jax.data import records
 from sara_jax.data.pipeline import make_train_iterator
 from sara_jax.data.records import RecordsSource, decode_example, encode_example
 from sara_jax.data.shard_writer import shard_is_complete, write_shard
+from sara_jax.io.files import write_json
 
 SIZE, NUM = 16, 24
 

@@ -1,4 +1,4 @@
-"""sara_jax.resize against torch.nn.functional.interpolate (bicubic, align_corners=False)."""
+"""sara_jax.models.resize against torch.nn.functional.interpolate (bicubic, align_corners=False)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sara_jax.resize import bicubic_weights, resample_pos_embed, resize_bicubic  # noqa: E402
+from sara_jax.models.resize import bicubic_weights, resample_pos_embed, resize_bicubic  # noqa: E402
 
 
 def torch_resize(x: np.ndarray, size, antialias: bool) -> np.ndarray:

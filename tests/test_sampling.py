@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sara_jax import images, sampling
+from sara_jax.io import files
+from sara_jax.sampling import samplers
 
 
 def test_euler_is_exact_for_a_constant_velocity_field():
@@ -13,7 +14,7 @@ def test_euler_is_exact_for_a_constant_velocity_field():
     def velocity(x, t, y):
         return jnp.broadcast_to(c, x.shape)
 
-    x0 = sampling.euler_ode(velocity, noise, jnp.zeros(2, jnp.int32), num_steps=7)
+    x0 = samplers.euler_ode(velocity, noise, jnp.zeros(2, jnp.int32), num_steps=7)
     np.testing.assert_allclose(x0, noise - c, rtol=1e-6)
 
 
@@ -26,7 +27,7 @@ def test_euler_visits_times_from_one_to_zero():
 
     # dx/dt = t from t=1 to 0 with N Euler steps: x0 = x1 - sum_i t_i / N, t_i = 1 - i/N.
     n = 4
-    x0 = sampling.euler_ode(velocity, jnp.zeros((1, 1, 1, 1)), jnp.zeros(1, jnp.int32), n)
+    x0 = samplers.euler_ode(velocity, jnp.zeros((1, 1, 1, 1)), jnp.zeros(1, jnp.int32), n)
     expected = -sum(1 - i / n for i in range(n)) / n
     np.testing.assert_allclose(x0.ravel(), [expected], rtol=1e-6)
 
@@ -40,18 +41,18 @@ def test_classifier_free_guidance_combines_conditional_and_null_predictions():
     x = jnp.zeros((2, 2, 2, 1))
     t = jnp.ones(2)
     y = jnp.array([0, 5])
-    guided = sampling.guided_velocity(velocity, null, cfg_scale=1.5)
+    guided = samplers.guided_velocity(velocity, null, cfg_scale=1.5)
     np.testing.assert_allclose(guided(x, t, y), 1.0 + 1.5 * (3.0 - 1.0))
-    assert sampling.guided_velocity(velocity, null, cfg_scale=1.0) is velocity
+    assert samplers.guided_velocity(velocity, null, cfg_scale=1.0) is velocity
 
 
 def test_grid_png_roundtrip(tmp_path):
     from PIL import Image
 
     x = np.linspace(-1, 1, 2 * 3 * 4 * 5 * 3).reshape(2, 3, 4, 5, 3)
-    u8 = images.to_uint8(x)
+    u8 = files.to_uint8(x)
     assert u8.dtype == np.uint8 and u8.min() == 0 and u8.max() == 255
-    images.save_grid(u8, tmp_path / "g.png", pad=1)
+    files.save_grid(u8, tmp_path / "g.png", pad=1)
     grid = np.asarray(Image.open(tmp_path / "g.png"))
     assert grid.shape == (2 * 5 + 1, 3 * 6 + 1, 3)
     np.testing.assert_array_equal(grid[1:5, 7:12], u8[0, 1])
@@ -84,7 +85,7 @@ def ode_error(method: str, steps: int) -> float:
     quantiles) of noise quantiles -3 .. 3."""
     z = jnp.linspace(-3, 3, 13).reshape(13, 1, 1, 1)
     labels = jnp.zeros(13, jnp.int32)
-    x0 = sampling.sample(method, gaussian_velocity(MU, S), z, labels, steps, jax.random.key(0))
+    x0 = samplers.sample(method, gaussian_velocity(MU, S), z, labels, steps, jax.random.key(0))
     return float(jnp.abs(x0 - (MU + S * z)).max())
 
 
@@ -99,14 +100,14 @@ def test_odes_map_noise_quantiles_to_data_quantiles_at_their_order():
 def test_sde_samples_have_the_data_mean_and_std():
     noise = jax.random.normal(jax.random.key(1), (4096, 2, 2, 2))
     labels = jnp.zeros(4096, jnp.int32)
-    x0 = jax.jit(sampling.euler_maruyama_sde, static_argnums=(0, 3))(
+    x0 = jax.jit(samplers.euler_maruyama_sde, static_argnums=(0, 3))(
         gaussian_velocity(MU, S), noise, labels, 250, jax.random.key(2)
     )
     # 16384 values: the standard errors of mean and std are ~0.004 and ~0.003.
     assert abs(float(x0.mean()) - MU) < 0.02
     assert abs(float(x0.std()) - S) < 0.02
     # Not the ODE: the same noise lands elsewhere.
-    ode = sampling.heun_ode(gaussian_velocity(MU, S), noise, labels, 20)
+    ode = samplers.heun_ode(gaussian_velocity(MU, S), noise, labels, 20)
     assert float(jnp.abs(x0 - ode).mean()) > 0.1
 
 
@@ -118,7 +119,7 @@ def test_sde_uses_repas_time_grid():
         return jnp.zeros_like(x)
 
     with jax.disable_jit():
-        sampling.euler_maruyama_sde(
+        samplers.euler_maruyama_sde(
             velocity, jnp.ones((1, 1, 1, 1)), jnp.zeros(1, jnp.int32), 5, jax.random.key(0)
         )
     times = [float(t[0]) for t in seen]
@@ -133,7 +134,7 @@ def test_heun_corrects_all_but_the_last_step():
         return jnp.zeros_like(x)
 
     with jax.disable_jit():
-        sampling.heun_ode(velocity, jnp.ones((1, 1, 1, 1)), jnp.zeros(1, jnp.int32), 4)
+        samplers.heun_ode(velocity, jnp.ones((1, 1, 1, 1)), jnp.zeros(1, jnp.int32), 4)
     assert len(calls) == 2 * 4 - 1 and 0.0 not in calls
 
 
@@ -147,17 +148,17 @@ def test_guidance_scale_one_and_outside_the_interval_is_conditional():
 
     z = jax.random.normal(jax.random.key(3), (6, 2, 2, 1))
     labels = jnp.array([0, 1, 2, 0, 1, 2])
-    conditional = sampling.heun_ode(velocity, z, labels, 10)
-    w1 = sampling.guided_velocity(velocity, null, 1.0)
-    np.testing.assert_array_equal(sampling.heun_ode(w1, z, labels, 10), conditional)
+    conditional = samplers.heun_ode(velocity, z, labels, 10)
+    w1 = samplers.guided_velocity(velocity, null, 1.0)
+    np.testing.assert_array_equal(samplers.heun_ode(w1, z, labels, 10), conditional)
     # An interval that no step time falls in: guidance never acts.
-    off = sampling.guided_velocity(velocity, null, 4.0, interval=(0.42, 0.43))
+    off = samplers.guided_velocity(velocity, null, 4.0, interval=(0.42, 0.43))
     # (Equal up to the float rounding of evaluating the doubled batch.)
-    np.testing.assert_allclose(sampling.heun_ode(off, z, labels, 10), conditional, atol=1e-6)
-    on = sampling.guided_velocity(velocity, null, 4.0, interval=(0.0, 0.7))
-    assert float(jnp.abs(sampling.heun_ode(on, z, labels, 10) - conditional).max()) > 0.1
+    np.testing.assert_allclose(samplers.heun_ode(off, z, labels, 10), conditional, atol=1e-6)
+    on = samplers.guided_velocity(velocity, null, 4.0, interval=(0.0, 0.7))
+    assert float(jnp.abs(samplers.heun_ode(on, z, labels, 10) - conditional).max()) > 0.1
 
 
 def test_unknown_sampler_is_named():
     with pytest.raises(ValueError, match=r"sampler must be one of .*got 'ddim'"):
-        sampling.sample("ddim", None, None, None, 1, None)
+        samplers.sample("ddim", None, None, None, 1, None)

@@ -7,13 +7,15 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from configs import demo
-from sara_jax import transport
 from sara_jax.config import set_alignment, validate
 from sara_jax.data.shapes import ShapesSource
-from sara_jax.encoder_preprocess import imagenet_normalize
+from sara_jax.encoders.preprocess import imagenet_normalize
 from sara_jax.models.dinov2 import DinoV2
-from sara_jax.train_state import build_models, create_train_state
-from sara_jax.train_step import clean_input, data_mesh, generator_loss, make_train_step
+from sara_jax.objective import transport
+from sara_jax.objective.family import clean_input
+from sara_jax.objective.sara import generator_loss
+from sara_jax.training.state import build_models, create_train_state
+from sara_jax.training.step import data_mesh, make_train_step
 
 BATCH = 16
 
@@ -284,7 +286,7 @@ def latent_setup():
 
 
 def test_a_nan_in_the_batch_is_not_applied_and_is_named():
-    from sara_jax.train import check_finite
+    from sara_jax.training.loop import check_finite
 
     config, batch = latent_setup()
     batch["latent_mean"][3, 1, 2, 0] = np.nan

@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sara_jax import transport
+from sara_jax.objective import transport
 
 
 def test_interpolant_endpoints_and_velocity_is_its_time_derivative():

@@ -13,8 +13,8 @@ diffusers = pytest.importorskip("diffusers")
 
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
-from sara_jax.convert import vae as convert_vae  # noqa: E402
-from sara_jax.convert.vae import load_vae  # noqa: E402
+from sara_jax.converters import vae as convert_vae  # noqa: E402
+from sara_jax.converters.vae import load_vae  # noqa: E402
 from sara_jax.models.vae import AutoencoderKL  # noqa: E402
 
 CHANNELS, LATENT = (32, 64), 4

@@ -17,7 +17,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from sara_jax.evaluation import metrics
-from sara_jax.sample import make_chunk_sampler
+from sara_jax.sampling.sample_set import make_chunk_sampler
 
 PyTree = Any
 Featurize = Callable[[np.ndarray], dict[str, np.ndarray]]
@@ -25,8 +25,8 @@ Featurize = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 def inception_featurizer(config: ml_collections.ConfigDict) -> Featurize:
     """pool3 (and the other ADM features) of uint8 images with `eval.inception`'s weights."""
-    from sara_jax.convert.inception import load_inception
-    from sara_jax.evaluate import make_featurizer
+    from sara_jax.converters.inception import load_inception
+    from sara_jax.evaluation.inception import make_featurizer
 
     model, variables = load_inception(config.eval.inception, "config.eval.inception")
     return make_featurizer(model, variables, config.eval.batch_size)

@@ -10,7 +10,7 @@ that reproduce the TF graph:
 Each conv is bias-free, followed by eval-mode BatchNorm (eps 1e-3, running statistics) and
 ReLU. Submodules carry torchvision's names (`Mixed_6d/branch7x7_2/conv`, `.../bn`), so the
 checkpoint `pt_inception-2015-12-05-6726825d.pth` converts by renaming ("." -> "/"), see
-sara_jax.convert.inception. Channels-last (NHWC) with HWIO kernels.
+sara_jax.converters.inception. Channels-last (NHWC) with HWIO kernels.
 
 The sFID feature, `mixed_6_conv`: ADM's evaluator (openai/guided-diffusion
 evaluations/evaluator.py) reads the TF tensor "mixed_6/conv:0" and keeps `[..., :7]` of it,
@@ -41,7 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sara_jax.resize import resize_bilinear
+from sara_jax.models.resize import resize_bilinear
 
 INPUT_SIZE = 299
 NUM_CLASSES = 1008  # the 2015 graph's softmax: 1000 ImageNet classes + 8 unused.

@@ -4,7 +4,7 @@ SARA trains on latents of ImageNet images encoded by `sd-vae-ft-mse` and decodes
 with `sd-vae-ft-ema` (../shared/SARA.md, "Data"); both are this architecture. Submodules carry
 diffusers' names with "." -> "_" (`encoder.down_blocks.0.resnets.1.conv1` ->
 `encoder/down_blocks_0/resnets_1/conv1`, `attentions.0.to_out.0` -> `attentions_0/to_out_0`),
-so `sara_jax.convert.vae` maps the published checkpoints by renaming and transposing.
+so `sara_jax.converters.vae` maps the published checkpoints by renaming and transposing.
 
 Images are channels-last (B, H, W, 3) in [-1, 1]; latents (B, H/f, W/f, latent_channels) with
 f = 2^(len(block_out_channels) - 1) (8 for SD). Params are float32 and only ever come from a

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from sara_jax.convert.checkpoint import StateDict
+from sara_jax.converters.checkpoint import StateDict
 
 PyTree = Any
 

@@ -9,9 +9,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sara_jax.config import validate
-from sara_jax.convert.checkpoint import resolve
-from sara_jax.convert.saved import save_converted
-from sara_jax.encoders import convert_encoder, converted_info
+from sara_jax.converters.checkpoint import resolve
+from sara_jax.converters.saved import save_converted
+from sara_jax.encoders.load import convert_encoder, converted_info
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file.")
 _OUT = flags.DEFINE_string("out", None, "New directory for the converted params.")

@@ -7,8 +7,9 @@ from typing import Any
 import jax
 import ml_collections
 
-from sara_jax import diffusion, sampling
 from sara_jax.models.sit import SiT
+from sara_jax.objective import diffusion
+from sara_jax.sampling import ddpm, samplers
 
 PyTree = Any
 Denoiser = Callable[[PyTree, jax.Array, jax.Array, jax.Array], jax.Array]
@@ -40,19 +41,19 @@ def make_denoiser(
         def denoise_ddpm(
             params: PyTree, noise: jax.Array, labels: jax.Array, key: jax.Array
         ) -> jax.Array:
-            guided = diffusion.guided_model(
+            guided = ddpm.guided_model(
                 network(params), config.model.num_classes, s.cfg_scale, s.ddpm_cfg_channels
             )
-            return diffusion.ddpm_sample(schedule, guided, noise, labels, key)
+            return ddpm.ddpm_sample(schedule, guided, noise, labels, key)
 
         return denoise_ddpm
 
     interval = (s.guidance_low, s.guidance_high)
 
     def denoise(params: PyTree, noise: jax.Array, labels: jax.Array, key: jax.Array) -> jax.Array:
-        guided = sampling.guided_velocity(
+        guided = samplers.guided_velocity(
             network(params), config.model.num_classes, s.cfg_scale, interval
         )
-        return sampling.sample(s.method, guided, noise, labels, steps, key)
+        return samplers.sample(s.method, guided, noise, labels, steps, key)
 
     return denoise

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from sara_jax.convert.checkpoint import StateDict
-from sara_jax.convert.mapping import Converter, conv
-from sara_jax.resize import resample_pos_embed
+from sara_jax.converters.checkpoint import StateDict
+from sara_jax.converters.mapping import Converter, conv
+from sara_jax.models.resize import resample_pos_embed
 
 PyTree = Any
 

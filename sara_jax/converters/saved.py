@@ -13,7 +13,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from sara_jax.atomic import write_json
+from sara_jax.io.files import write_json
 
 PyTree = Any
 INFO_FILE = "sara_jax_encoder.json"

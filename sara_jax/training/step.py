@@ -9,7 +9,7 @@ same for both.
 """
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,11 +19,11 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from sara_jax import diffusion, losses, transport
-from sara_jax.train_state import Models, TrainState, make_optimizer
+from sara_jax.objective.family import Batch, example_inputs, make_objective
+from sara_jax.objective.sara import adversarial, aligned, disc_objective, generator_loss
+from sara_jax.training.state import Models, TrainState, make_optimizer
 
 PyTree = Any
-Batch = dict[str, jax.Array]
 AXIS = "data"
 
 
@@ -37,176 +37,6 @@ def data_mesh(devices: list[jax.Device] | None = None) -> Mesh:
     return jax.make_mesh(
         (len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
     )
-
-
-def clean_input(example: Batch, key: jax.Array, data: ml_collections.ConfigDict) -> jax.Array:
-    """x0 of one example: the image in [-1, 1] (pixel space) or a scaled VAE posterior sample.
-
-    Args:
-      example: "image" uint8 (H, W, 3), or "latent_mean"/"latent_std" float (h, w, 4).
-      key: PRNG key of the latent sample (unused in pixel space).
-    """
-    if data.space == "pixel":
-        return example["image"].astype(jnp.float32) / 127.5 - 1.0
-    mean = example["latent_mean"].astype(jnp.float32)
-    std = example["latent_std"].astype(jnp.float32)
-    return (mean + std * jax.random.normal(key, mean.shape)) * data.latent_scale
-
-
-class Objective(NamedTuple):
-    """A model family's denoising objective.
-
-    sample_time: key -> one example's t: float in [0, 1] (SiT) or int step in [0, T) (DiT).
-    network_inputs: (x0 (B, H, W, C), eps (B, H, W, C), t (B,)) -> "x_t" and "t" for the
-      network, and what `loss` needs besides its output.
-    loss: (network output, inputs) -> (the denoising loss, {name: term} to log).
-    """
-
-    sample_time: Callable[[jax.Array], jax.Array]
-    network_inputs: Callable[[jax.Array, jax.Array, jax.Array], Batch]
-    loss: Callable[[jax.Array, Batch], tuple[jax.Array, dict[str, jax.Array]]]
-
-
-def make_objective(config: ml_collections.ConfigDict) -> Objective:
-    """SiT's velocity regression or DiT's DDPM objective, as `config.model.family` says.
-
-    "sit": x_t = (1 - t) x0 + t eps with t ~ U(0, 1), L_velocity on eps - x0 (logged
-    "velocity"). "dit": t ~ U{0, .., T-1}, x_t from q(x_t | x_0), L_simple + L_vlb on the
-    2C-channel output (logged "mse" and "vlb"); the DiT is fed the integer step as its time.
-    """
-    if config.model.family == "sit":
-
-        def velocity_inputs(x0: jax.Array, eps: jax.Array, t: jax.Array) -> Batch:
-            target = transport.velocity_target(x0, eps)
-            return {"x_t": transport.interpolate(x0, eps, t), "t": t, "target": target}
-
-        def velocity_objective(output: jax.Array, inputs: Batch) -> tuple[jax.Array, Batch]:
-            terms = {"velocity": losses.velocity_loss(output, inputs["target"])}
-            return terms["velocity"], terms
-
-        return Objective(transport.sample_time, velocity_inputs, velocity_objective)
-
-    d = config.diffusion
-    schedule = diffusion.linear_schedule(d.num_timesteps, d.beta_start, d.beta_end)
-
-    def sample_step(key: jax.Array) -> jax.Array:
-        return jax.random.randint(key, (), 0, d.num_timesteps)
-
-    def ddpm_inputs(x0: jax.Array, eps: jax.Array, t: jax.Array) -> Batch:
-        return {"x_t": diffusion.q_sample(schedule, x0, t, eps), "t": t, "x0": x0, "eps": eps}
-
-    def ddpm_objective(output: jax.Array, inputs: Batch) -> tuple[jax.Array, Batch]:
-        return diffusion.hybrid_loss(
-            schedule, output, inputs["x0"], inputs["x_t"], inputs["t"], inputs["eps"]
-        )
-
-    return Objective(sample_step, ddpm_inputs, ddpm_objective)
-
-
-def example_inputs(
-    key: jax.Array, example: Batch, config: ml_collections.ConfigDict
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """The diffusion inputs of one example: (x0, t, eps, label with CFG dropout applied)."""
-    k_t, k_eps, k_latent, k_drop = jax.random.split(key, 4)
-    x0 = clean_input(example, k_latent, config.data)
-    t = make_objective(config).sample_time(k_t)
-    eps = jax.random.normal(k_eps, x0.shape)
-    dropped = jax.random.uniform(k_drop) < config.model.class_dropout
-    label = jnp.where(dropped, config.model.num_classes, example["label"])
-    return x0, t, eps, label
-
-
-def disc_logits(
-    models: Models, disc: PyTree, tokens: jax.Array, bn_train: bool
-) -> tuple[jax.Array, PyTree]:
-    """D's logits (B,) on tokens (B, N, D) and its batch statistics (updated in train-mode BN)."""
-    if bn_train:
-        logits, updates = models.disc.apply(disc, tokens, train=True, mutable=["batch_stats"])
-        return logits, updates["batch_stats"]
-    return models.disc.apply(disc, tokens, train=False), disc["batch_stats"]
-
-
-def generator_loss(
-    params: PyTree,
-    disc: PyTree,
-    inputs: Batch,
-    models: Models,
-    config: ml_collections.ConfigDict,
-    gamma: jax.Array,
-) -> tuple[jax.Array, tuple[dict[str, jax.Array], jax.Array | None]]:
-    """Eq. 11: L_denoise + lambda L_patch + beta L_struc + gamma L_adv.
-
-    L_denoise is the family's objective (`make_objective`): L_velocity for the SiT, L_simple +
-    L_vlb for the DiT. The alignment terms act on the same hidden state for both.
-
-    Terms whose weight is 0 in the config are not computed at all (a plain SiT runs neither
-    projector nor D; REPA runs no D), so the baselines cost what they cost in their own papers.
-
-    Args:
-      params: {"sit", "projector"}, the variables differentiated.
-      disc: D's variables, held fixed: L_adv trains the SiT and projector only.
-      inputs: "x_t" (B, H, W, C), "t" (B,), "labels" (B,), the objective's own inputs ("target"
-        (B, H, W, C) velocity for the SiT; "x0", "eps" for the DiT), "z_enc" (B, N, D) encoder
-        features (absent without alignment).
-      gamma: the adversarial weight in force at this step.
-    Returns: total loss, (each computed term, h_den (B, N, D) or None without alignment).
-    """
-    lc = config.loss
-    output, hidden = models.sit.apply(
-        {"params": params["sit"]}, inputs["x_t"], inputs["t"], inputs["labels"]
-    )
-    total, terms = make_objective(config).loss(output, inputs)
-    if not aligned(config):
-        return total, (terms, None)
-    h_den = models.projector.apply({"params": params["projector"]}, hidden)
-    z_enc = inputs["z_enc"]
-    if lc.patch_weight > 0:
-        terms["patch"] = losses.patch_alignment_loss(z_enc, h_den)
-        total += lc.patch_weight * terms["patch"]
-    if lc.struc_weight > 0:
-        terms["struc"] = losses.structural_loss(z_enc, h_den, lc.struc_reduction)
-        total += lc.struc_weight * terms["struc"]
-    if adversarial(config):
-        fake_logits, _ = disc_logits(models, disc, h_den, config.disc.bn_mode == "train")
-        terms["adv"] = losses.adversarial_loss(fake_logits)
-        total += gamma * terms["adv"]
-    return total, (terms, h_den)
-
-
-def aligned(config: ml_collections.ConfigDict) -> bool:
-    """Whether any alignment term is on, i.e. the step needs the encoder and the projector."""
-    lc = config.loss
-    return lc.patch_weight > 0 or lc.struc_weight > 0 or lc.adv_weight > 0
-
-
-def adversarial(config: ml_collections.ConfigDict) -> bool:
-    """Whether L_adv is on, i.e. the step needs D and updates it every `disc.every` steps."""
-    return config.loss.adv_weight > 0
-
-
-def disc_objective(
-    d_params: PyTree,
-    batch_stats: PyTree,
-    real: jax.Array,
-    fake: jax.Array,
-    models: Models,
-    bn_train: bool,
-) -> tuple[jax.Array, tuple[PyTree, dict[str, jax.Array]]]:
-    """Eq. 9 on real = z_enc and fake = sg(h_den), both (B, N, D).
-
-    Returns: L_D, (updated batch statistics, D's accuracy on real and on fake tokens).
-    """
-    real_logits, stats = disc_logits(
-        models, {"params": d_params, "batch_stats": batch_stats}, real, bn_train
-    )
-    fake_logits, stats = disc_logits(
-        models, {"params": d_params, "batch_stats": stats}, fake, bn_train
-    )
-    accuracy = {
-        "disc_acc_real": jnp.mean(real_logits > 0),
-        "disc_acc_fake": jnp.mean(fake_logits < 0),
-    }
-    return losses.discriminator_loss(real_logits, fake_logits), (stats, accuracy)
 
 
 def accumulated_gradients(

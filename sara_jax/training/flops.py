@@ -28,7 +28,7 @@ from sara_jax.models.dinov2 import DinoV2
 from sara_jax.models.discriminator import Discriminator
 from sara_jax.models.projector import Projector
 from sara_jax.models.sit import SiT, TimestepEmbedder
-from sara_jax.train_step import adversarial, aligned
+from sara_jax.objective.sara import adversarial, aligned
 
 FLOPS_PER_MAC = 2
 
@@ -110,7 +110,7 @@ def vit_forward(vit: DinoV2 | ClipVisionTransformer) -> float:
 
 
 def resize_matmuls(in_size: int, out_size: int) -> float:
-    """sara_jax.resize's separable resampling of an (in, in, 3) image to (out, out, 3): a
+    """sara_jax.models.resize's separable resampling of an (in, in, 3) image to (out, out, 3): a
     (out, in) matrix along the rows, then along the columns; nothing when the sizes agree."""
     if in_size == out_size:
         return 0.0

@@ -14,18 +14,18 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from sara_jax.convert import clip as convert_clip
-from sara_jax.convert import dinov2 as convert_dinov2
-from sara_jax.convert import mae as convert_mae
-from sara_jax.convert import mocov3 as convert_mocov3
-from sara_jax.convert.checkpoint import load_state_dict
-from sara_jax.convert.saved import is_converted, restore_converted
-from sara_jax.encoder_preprocess import encoder_inputs
-from sara_jax.encoder_pretrain import demo_vit, pretrained_demo_vit
-from sara_jax.encoder_registry import ENCODERS, EncoderSpec
+from sara_jax.converters import clip as convert_clip
+from sara_jax.converters import dinov2 as convert_dinov2
+from sara_jax.converters import mae as convert_mae
+from sara_jax.converters import mocov3 as convert_mocov3
+from sara_jax.converters.checkpoint import load_state_dict
+from sara_jax.converters.saved import is_converted, restore_converted
+from sara_jax.encoders.preprocess import encoder_inputs
+from sara_jax.encoders.pretrain import demo_vit, pretrained_demo_vit
+from sara_jax.encoders.registry import ENCODERS, EncoderSpec
 from sara_jax.models.clip_vit import ClipVisionTransformer
 from sara_jax.models.dinov2 import DinoV2
-from sara_jax.train_state import dtype_of
+from sara_jax.models.dtype import dtype_of
 
 PyTree = Any
 

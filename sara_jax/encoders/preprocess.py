@@ -3,8 +3,8 @@
 import jax
 import jax.numpy as jnp
 
-from sara_jax.encoder_registry import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec
-from sara_jax.resize import resize_bicubic
+from sara_jax.encoders.registry import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec
+from sara_jax.models.resize import resize_bicubic
 
 
 def normalize(

@@ -18,15 +18,16 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sara_jax import generate, images, paths
 from sara_jax.config import flat_items, validate
-from sara_jax.convert.resnet import pretrained_discriminator
+from sara_jax.converters.resnet import pretrained_discriminator
 from sara_jax.data.pipeline import make_source, make_train_iterator
-from sara_jax.encoders import load_encoder
+from sara_jax.encoders.load import load_encoder
 from sara_jax.evaluation import in_training
+from sara_jax.io import files
 from sara_jax.models.sit import SiT
-from sara_jax.train_state import TrainState, build_models, create_train_state
-from sara_jax.train_step import AXIS, data_mesh, make_train_step
+from sara_jax.sampling import denoiser
+from sara_jax.training.state import TrainState, build_models, create_train_state
+from sara_jax.training.step import AXIS, data_mesh, make_train_step
 
 
 def make_sampler(config: ml_collections.ConfigDict, sit: SiT):
@@ -39,7 +40,7 @@ def make_sampler(config: ml_collections.ConfigDict, sit: SiT):
     classes = np.linspace(0, m.num_classes - 1, rows).round().astype(np.int32)
     labels = jnp.repeat(jnp.asarray(classes), s.per_class)
 
-    denoise = generate.make_denoiser(config, sit)
+    denoise = denoiser.make_denoiser(config, sit)
 
     @jax.jit
     def sample(params: dict, key: jax.Array) -> jax.Array:
@@ -49,7 +50,7 @@ def make_sampler(config: ml_collections.ConfigDict, sit: SiT):
 
     def grid(params: dict, key: jax.Array) -> np.ndarray:
         x = np.asarray(sample(params, key))
-        return images.to_uint8(x).reshape(rows, s.per_class, *x.shape[1:])
+        return files.to_uint8(x).reshape(rows, s.per_class, *x.shape[1:])
 
     return grid
 
@@ -90,7 +91,7 @@ def check_finite(metrics: dict, step: int, mode: str) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (resuming from the latest checkpoint in workdir) and writes sample grids."""
     validate(config, num_devices=jax.device_count())
-    workdir = paths.resolve(workdir)
+    workdir = files.resolve(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = data_mesh()
     replicated = NamedSharding(mesh, P())
@@ -187,7 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         tiled = grid.transpose(0, 2, 1, 3, 4).reshape(1, rows * h, cols * w, c)
         writer.write_images(step, {"samples": tiled})
         if jax.process_index() == 0:
-            images.save_grid(grid, workdir / "samples.png")
+            files.save_grid(grid, workdir / "samples.png")
             logging.info("step %d: wrote %s", step, workdir / "samples.png")
 
     history, previous, window_start = [], None, time.perf_counter()

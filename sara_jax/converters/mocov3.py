@@ -14,8 +14,8 @@ REPA does (16 x 16 for its 256-px inputs), not rebuilt as sin-cos for the new gr
 
 from typing import Any
 
-from sara_jax.convert import dinov2
-from sara_jax.convert.checkpoint import StateDict
+from sara_jax.converters import dinov2
+from sara_jax.converters.checkpoint import StateDict
 
 PyTree = Any
 

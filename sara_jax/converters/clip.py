@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from sara_jax.convert.checkpoint import StateDict
-from sara_jax.convert.mapping import Converter, conv
+from sara_jax.converters.checkpoint import StateDict
+from sara_jax.converters.mapping import Converter, conv
 
 PyTree = Any
 

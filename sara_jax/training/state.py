@@ -7,17 +7,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+import orbax.checkpoint as ocp
 
+from sara_jax.encoders.registry import encoder_width
+from sara_jax.io import files
 from sara_jax.models.discriminator import Discriminator
+from sara_jax.models.dtype import dtype_of
 from sara_jax.models.projector import Projector
 from sara_jax.models.sit import SiT
 
 PyTree = Any
-
-
-def dtype_of(name: str) -> jnp.dtype:
-    """'float32' | 'bfloat16' -> the jnp dtype."""
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
 class Models(NamedTuple):
@@ -109,3 +108,25 @@ def create_train_state(
         opt_state=make_optimizer(config.optim).init(params),
         disc_opt_state=make_optimizer(config.disc.optim).init(disc["params"]),
     )
+
+
+def restore_params(
+    config: ml_collections.ConfigDict, workdir: str, ema: bool
+) -> tuple[PyTree, int]:
+    """{"sit", "projector"} params (the EMA ones if `ema`) of workdir's latest checkpoint, and
+    its step."""
+    directory = files.resolve(workdir) / "checkpoints"
+    # CheckpointManager would create a missing directory; a wrong --workdir must not.
+    manager = ocp.CheckpointManager(directory) if directory.is_dir() else None
+    step = manager.latest_step() if manager else None
+    if step is None:
+        raise FileNotFoundError(f"--workdir={workdir!r}: no checkpoint under {directory}")
+    models = build_models(config, encoder_width(config.encoder))
+    num_tokens = (config.model.input_size // config.model.patch_size) ** 2
+    abstract = jax.eval_shape(
+        lambda: create_train_state(config, models, num_tokens, jax.random.key(0))
+    )
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+    ).state
+    return (restored.ema_params if ema else restored.params), step

@@ -16,10 +16,10 @@ recipe, as REPA does for its 256-px inputs (16 x 16 patches).
 import math
 from typing import Any
 
-from sara_jax.convert import dinov2
-from sara_jax.convert.checkpoint import StateDict
-from sara_jax.convert.mapping import Converter, conv
-from sara_jax.resize import resample_pos_embed
+from sara_jax.converters import dinov2
+from sara_jax.converters.checkpoint import StateDict
+from sara_jax.converters.mapping import Converter, conv
+from sara_jax.models.resize import resample_pos_embed
 
 PyTree = Any
 

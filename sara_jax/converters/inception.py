@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from sara_jax.convert import mapping
-from sara_jax.convert.checkpoint import StateDict, load_state_dict
-from sara_jax.convert.mapping import Converter, PyTree
+from sara_jax.converters import mapping
+from sara_jax.converters.checkpoint import StateDict, load_state_dict
+from sara_jax.converters.mapping import Converter, PyTree
 from sara_jax.models.inception import INPUT_SIZE, FIDInceptionV3
 
 # Flax leaf -> torch tensor name, per collection.

@@ -18,9 +18,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from sara_jax.convert import mapping
-from sara_jax.convert.checkpoint import StateDict, load_state_dict
-from sara_jax.convert.mapping import Converter, PyTree
+from sara_jax.converters import mapping
+from sara_jax.converters.checkpoint import StateDict, load_state_dict
+from sara_jax.converters.mapping import Converter, PyTree
 
 # Probes that tell the namings apart.
 TORCHVISION_PROBE = "layer1.0.conv1.weight"

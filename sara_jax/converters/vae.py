@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from sara_jax.convert.checkpoint import StateDict, is_hub_name, read_state_dict, resolve
-from sara_jax.convert.mapping import Converter, conv, linear
+from sara_jax.converters.checkpoint import StateDict, is_hub_name, read_state_dict, resolve
+from sara_jax.converters.mapping import Converter, conv, linear
 from sara_jax.models.vae import AutoencoderKL
 
 PyTree = Any

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from sara_jax.encoder_preprocess import imagenet_normalize
+from sara_jax.encoders.preprocess import imagenet_normalize
 from sara_jax.models.dinov2 import DinoV2
 
 PyTree = Any

@@ -4,12 +4,13 @@
     python benchmarks/sample_throughput.py --config=configs/sit_xl.py --decode  # + SD-VAE decode
     python benchmarks/sample_throughput.py --config=configs/demo.py --num_steps=2   # CPU smoke
 
-Draws with `sara_jax.generate.make_denoiser`, what preview grids and `python -m sara_jax.sample`
-use: `config.sample`'s method (REPA's 250-step Euler-Maruyama SDE by default), guidance scale
-and interval, the batch split over all devices. The time of a whole batch, noise to x0, is
-averaged over `--repeats` batches after one warm-up; `--decode` adds the SD-VAE decoder
-(random weights of the real architecture), which latent configs need to produce images.
-FLOPs and MFU count the SiT's velocity evaluations only (sara_jax.flops.sampling).
+Draws with `sara_jax.sampling.denoiser.make_denoiser`, what preview grids and
+`python -m sara_jax.sample` use: `config.sample`'s method (REPA's 250-step Euler-Maruyama SDE by
+default), guidance scale and interval, the batch split over all devices. The time of a whole
+batch, noise to x0, is averaged over `--repeats` batches after one warm-up; `--decode` adds the
+SD-VAE decoder (random weights of the real architecture), which latent configs need to produce
+images.
+FLOPs and MFU count the SiT's velocity evaluations only (sara_jax.training.flops.sampling).
 """
 
 import time
@@ -97,7 +98,7 @@ def main(argv: list[str]) -> None:
     seconds = float(np.mean(times))
     kind = devices[0].device_kind
     peak = flops.PEAK_BF16_TFLOPS.get(kind)
-    per_image = flops.sampling(config, sit)
+    per_image = flops.sampling(config.sample, sit)
     achieved = per_image * batch / seconds / len(devices)
     s = config.sample
     report = {

@@ -44,12 +44,13 @@ from sara_jax.models.dtype import dtype_of
 PyTree = Any
 
 
-def make_vae_encoder(config: ml_collections.ConfigDict) -> Encode:
+def make_vae_encoder(vae: ml_collections.ConfigDict) -> Encode:
     """uint8 images (B, S, S, 3) -> posterior (mean, std), each float32 (B, S/8, S/8, 4),
-    data parallel over this process's devices (B must divide by their count)."""
-    module, params = load_vae(
-        config.vae.checkpoint, "config.vae.checkpoint", dtype_of(config.vae.compute_dtype)
-    )
+    data parallel over this process's devices (B must divide by their count).
+
+    vae: `config.vae`.
+    """
+    module, params = load_vae(vae.checkpoint, "config.vae.checkpoint", dtype_of(vae.compute_dtype))
     mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
     batch_sharding = NamedSharding(mesh, P("data"))
     params = jax.device_put(params, NamedSharding(mesh, P()))
@@ -116,7 +117,7 @@ def preprocess(config: ml_collections.ConfigDict, process_index: int, process_co
         len(todo),
     )
     if todo:
-        encode = make_vae_encoder(config)
+        encode = make_vae_encoder(config.vae)
         total = sum(len(ranges[k]) for k in todo)
         with (
             concurrent.futures.ThreadPoolExecutor(p.num_threads + 1) as pool,

@@ -194,6 +194,6 @@ def test_sampling_counts_every_velocity_evaluation():
     config = paper_config("B", 4, 1, "none")
     sit = build_models(config, 768).sit
     config.sample.method, config.sample.num_steps, config.sample.cfg_scale = "sde", 250, 1.0
-    assert flops.sampling(config, sit) == 250 * flops.sit_forward(sit)
+    assert flops.sampling(config.sample, sit) == 250 * flops.sit_forward(sit)
     config.sample.method, config.sample.cfg_scale = "heun", 1.5
-    assert flops.sampling(config, sit) == 2 * 499 * flops.sit_forward(sit)
+    assert flops.sampling(config.sample, sit) == 2 * 499 * flops.sit_forward(sit)

@@ -23,20 +23,24 @@ PyTree = Any
 Featurize = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
-def inception_featurizer(config: ml_collections.ConfigDict) -> Featurize:
-    """pool3 (and the other ADM features) of uint8 images with `eval.inception`'s weights."""
+def inception_featurizer(eval_config: ml_collections.ConfigDict) -> Featurize:
+    """pool3 (and the other ADM features) of uint8 images with `eval.inception`'s weights.
+
+    eval_config: `config.eval`.
+    """
     from sara_jax.converters.inception import load_inception
     from sara_jax.evaluation.inception import make_featurizer
 
-    model, variables = load_inception(config.eval.inception, "config.eval.inception")
-    return make_featurizer(model, variables, config.eval.batch_size)
+    model, variables = load_inception(eval_config.inception, "config.eval.inception")
+    return make_featurizer(model, variables, eval_config.batch_size)
 
 
 def reference_stats(
-    config: ml_collections.ConfigDict, featurize: Featurize
+    eval_config: ml_collections.ConfigDict, featurize: Featurize
 ) -> metrics.FeatureStats:
-    """pool3 statistics of `eval.reference`: stored ones (ADM's batches), or of its images."""
-    reference = metrics.load_reference(config.eval.reference)
+    """pool3 statistics of `eval.reference` (`eval_config` is `config.eval`): stored ones (ADM's
+    batches), or of its images."""
+    reference = metrics.load_reference(eval_config.reference)
     if "fid" in reference:
         return reference["fid"]
     logging.info("featurising the %d reference images once", len(reference["images"]))

@@ -1,4 +1,4 @@
-"""SARA's objective (paper Eq. 2-11), term by term.
+"""The loss terms of SARA's objective (paper Eq. 3, 6-10), one function each.
 
 Every function upcasts to float32 first: cosines and norms in half precision were reported to
 produce NaNs in REPA's training, and these are cheap next to the networks.
@@ -19,13 +19,13 @@ def l2_normalize(x: jax.Array) -> jax.Array:
 
 
 def velocity_loss(prediction: jax.Array, target: jax.Array) -> jax.Array:
-    """L_velocity: mean over all elements of (f(x_t, t, y) - v)^2. Shapes (B, ...)."""
+    """L_velocity (Eq. 3): mean over all elements of (f(x_t, t, y) - v)^2. Shapes (B, ...)."""
     diff = prediction.astype(jnp.float32) - target.astype(jnp.float32)
     return jnp.mean(diff * diff)
 
 
 def patch_alignment_loss(z_enc: jax.Array, h_den: jax.Array) -> jax.Array:
-    """L_patch = -mean_{b,n} cos(z_enc[b, n], h_den[b, n]) (REPA's projection loss).
+    """L_patch = -mean_{b,n} cos(z_enc[b, n], h_den[b, n]) (Eq. 6; REPA's projection loss).
 
     Args: z_enc, h_den: (B, N, D).
     """
@@ -33,13 +33,13 @@ def patch_alignment_loss(z_enc: jax.Array, h_den: jax.Array) -> jax.Array:
 
 
 def autocorrelation(h: jax.Array) -> jax.Array:
-    """A(h)_ij = cos(h_i, h_j): the token self-similarity matrix. h: (B, N, D) -> (B, N, N)."""
+    """A(h)_ij = cos(h_i, h_j) (Eq. 7): token self-similarities. h: (B, N, D) -> (B, N, N)."""
     hn = l2_normalize(h)
     return jnp.einsum("bnd,bmd->bnm", hn, hn)
 
 
 def structural_loss(z_enc: jax.Array, h_den: jax.Array, reduction: str) -> jax.Array:
-    """L_struc = ||A(z_enc) - A(h_den)||_F^2 per sample, averaged over the batch.
+    """L_struc = ||A(z_enc) - A(h_den)||_F^2 (Eq. 8) per sample, averaged over the batch.
 
     Args:
       z_enc, h_den: (B, N, D).

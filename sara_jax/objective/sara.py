@@ -1,14 +1,18 @@
-"""SARA's two objectives: the generator's (Eq. 11) and the discriminator's (Eq. 9).
+"""SARA's two objectives: the generator's (Eq. 11) and the discriminator's (Eq. 9), with the
+forward passes they are made of (Eq. 1, 4, 5).
 
-Both read the loss terms of `losses` and the modules of `training.state.Models`; the train step
-(`training.step`) only differentiates them, averages over devices and applies the updates.
+The terms are `losses`'s; the modules are `training.state.Models`. The train step
+(`training.step`) only differentiates these functions, averages over devices and applies the
+updates.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax import lax
 
 from sara_jax.objective import losses
 from sara_jax.objective.family import Batch, make_objective
@@ -27,6 +31,34 @@ def disc_logits(
     return models.disc.apply(disc, tokens, train=False), disc["batch_stats"]
 
 
+def encoder_targets(
+    encoder_features: Callable[[PyTree, jax.Array], jax.Array],
+    encoder_params: PyTree,
+    images: jax.Array,
+) -> jax.Array:
+    """z_enc = E(X_0) (Eq. 1): the frozen encoder's patch tokens (B, N, D) of uint8 images
+    (B, H, W, 3), with no gradient (the encoder is never trained)."""
+    return lax.stop_gradient(encoder_features(encoder_params, images))
+
+
+def denoiser_forward(params: PyTree, inputs: Batch, models: Models) -> tuple[jax.Array, jax.Array]:
+    """f_theta(x_t, t, y) and z_den, the hidden state after block `model.encoder_depth` (Eq. 4).
+
+    Returns: the network's output (B, H, W, C or 2C) and z_den (B, N, hidden_size).
+    """
+    return models.sit.apply({"params": params["sit"]}, inputs["x_t"], inputs["t"], inputs["labels"])
+
+
+def project(params: PyTree, z_den: jax.Array, models: Models) -> jax.Array:
+    """h_den = M_proj(z_den) (Eq. 5): (B, N, hidden_size) -> (B, N, D), the encoder's width."""
+    return models.projector.apply({"params": params["projector"]}, z_den)
+
+
+def adversarial_weight(step: jax.Array, loss: ml_collections.ConfigDict) -> jax.Array:
+    """gamma in force at `step`: 0 for the first `loss.adv_warmup_steps`, then `loss.adv_weight`."""
+    return jnp.where(step < loss.adv_warmup_steps, 0.0, loss.adv_weight)
+
+
 def generator_loss(
     params: PyTree,
     disc: PyTree,
@@ -35,7 +67,9 @@ def generator_loss(
     config: ml_collections.ConfigDict,
     gamma: jax.Array,
 ) -> tuple[jax.Array, tuple[dict[str, jax.Array], jax.Array | None]]:
-    """Eq. 11: L_denoise + lambda L_patch + beta L_struc + gamma L_adv.
+    """L = L_denoise + lambda L_patch + beta L_struc + gamma L_adv (Eq. 11).
+
+    XXX + lambda L_patch + beta L_struc + gamma L_adv.
 
     L_denoise is the family's objective (`make_objective`): L_velocity for the SiT, L_simple +
     L_vlb for the DiT. The alignment terms act on the same hidden state for both.
@@ -53,13 +87,11 @@ def generator_loss(
     Returns: total loss, (each computed term, h_den (B, N, D) or None without alignment).
     """
     lc = config.loss
-    output, hidden = models.sit.apply(
-        {"params": params["sit"]}, inputs["x_t"], inputs["t"], inputs["labels"]
-    )
+    output, z_den = denoiser_forward(params, inputs, models)
     total, terms = make_objective(config).loss(output, inputs)
-    if not aligned(config):
+    if not aligned(lc):
         return total, (terms, None)
-    h_den = models.projector.apply({"params": params["projector"]}, hidden)
+    h_den = project(params, z_den, models)
     z_enc = inputs["z_enc"]
     if lc.patch_weight > 0:
         terms["patch"] = losses.patch_alignment_loss(z_enc, h_den)
@@ -67,22 +99,21 @@ def generator_loss(
     if lc.struc_weight > 0:
         terms["struc"] = losses.structural_loss(z_enc, h_den, lc.struc_reduction)
         total += lc.struc_weight * terms["struc"]
-    if adversarial(config):
+    if adversarial(lc):
         fake_logits, _ = disc_logits(models, disc, h_den, config.disc.bn_mode == "train")
         terms["adv"] = losses.adversarial_loss(fake_logits)
         total += gamma * terms["adv"]
     return total, (terms, h_den)
 
 
-def aligned(config: ml_collections.ConfigDict) -> bool:
+def aligned(loss: ml_collections.ConfigDict) -> bool:
     """Whether any alignment term is on, i.e. the step needs the encoder and the projector."""
-    lc = config.loss
-    return lc.patch_weight > 0 or lc.struc_weight > 0 or lc.adv_weight > 0
+    return loss.patch_weight > 0 or loss.struc_weight > 0 or loss.adv_weight > 0
 
 
-def adversarial(config: ml_collections.ConfigDict) -> bool:
+def adversarial(loss: ml_collections.ConfigDict) -> bool:
     """Whether L_adv is on, i.e. the step needs D and updates it every `disc.every` steps."""
-    return config.loss.adv_weight > 0
+    return loss.adv_weight > 0
 
 
 def disc_objective(
@@ -93,7 +124,7 @@ def disc_objective(
     models: Models,
     bn_train: bool,
 ) -> tuple[jax.Array, tuple[PyTree, dict[str, jax.Array]]]:
-    """Eq. 9 on real = z_enc and fake = sg(h_den), both (B, N, D).
+    """L_D (Eq. 9) of D's params on real = z_enc and fake = sg(h_den), both (B, N, D).
 
     Returns: L_D, (updated batch statistics, D's accuracy on real and on fake tokens).
     """

@@ -24,5 +24,5 @@ def interpolate(x0: jax.Array, eps: jax.Array, t: jax.Array) -> jax.Array:
 
 
 def velocity_target(x0: jax.Array, eps: jax.Array) -> jax.Array:
-    """v = d x_t / d t = eps - x0, the regression target of L_velocity."""
+    """v = d x_t / d t = eps - x0 (Eq. 2 for the linear interpolant), L_velocity's target."""
     return eps - x0

@@ -167,7 +167,7 @@ def train_step(
     z_dim = projector.z_dim
     counts = dict.fromkeys(COMPONENTS, 0.0)
     counts["sit"] = 3 * sit_forward(sit)
-    if aligned(config):
+    if aligned(config.loss):
         counts["projector"] = 3 * projector_forward(projector, tokens, sit.hidden_size)
         counts["encoder"] = vit_forward(encoder) + resize_matmuls(
             config.data.image_size, config.encoder.image_size
@@ -175,7 +175,7 @@ def train_step(
     if config.loss.struc_weight > 0:
         # A(z_enc) is a constant; A(h_den) is differentiated (two more matmuls of its size).
         counts["structural"] = 4 * autocorrelation(tokens, z_dim)
-    if adversarial(config):
+    if adversarial(config.loss):
         d_forward = discriminator_forward(disc, tokens, z_dim)
         counts["disc_adv"] = 2 * d_forward
         every = config.disc.every
@@ -187,12 +187,13 @@ def train_step(
 def sampler_evaluations(sample: ml_collections.ConfigDict) -> int:
     """Network forward passes per sample of `config.sample`'s sampler: one per step (SDE,
     Euler, DDPM), two per step but the last (Heun); guidance evaluates a doubled batch at every
-    step (sampling.guided_velocity, diffusion.guided_model)."""
+    step (samplers.guided_velocity, ddpm.guided_model)."""
     steps = sample.num_steps
     calls = 2 * steps - 1 if sample.method == "heun" else steps
     return calls * (1 if sample.cfg_scale == 1.0 else 2)
 
 
-def sampling(config: ml_collections.ConfigDict, sit: SiT) -> float:
-    """FLOPs per image of drawing one sample with `config.sample` (the VAE decode excluded)."""
-    return sampler_evaluations(config.sample) * sit_forward(sit)
+def sampling(sample: ml_collections.ConfigDict, sit: SiT) -> float:
+    """FLOPs per image of drawing one sample with `sample` = `config.sample` (the VAE decode
+    excluded)."""
+    return sampler_evaluations(sample) * sit_forward(sit)

@@ -164,9 +164,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     preemption = Preemption(manager)
     fid_monitor = None
     if config.eval.every:
-        featurize = in_training.inception_featurizer(config)
+        featurize = in_training.inception_featurizer(config.eval)
         fid_monitor = in_training.make_fid_monitor(
-            config, featurize, in_training.reference_stats(config, featurize)
+            config, featurize, in_training.reference_stats(config.eval, featurize)
         )
 
     def write_fid(step: int) -> None:

@@ -20,7 +20,14 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from sara_jax.objective.family import Batch, example_inputs, make_objective
-from sara_jax.objective.sara import adversarial, aligned, disc_objective, generator_loss
+from sara_jax.objective.sara import (
+    adversarial,
+    adversarial_weight,
+    aligned,
+    disc_objective,
+    encoder_targets,
+    generator_loss,
+)
 from sara_jax.training.state import Models, TrainState, make_optimizer
 
 PyTree = Any
@@ -88,19 +95,20 @@ def discriminator_step(
     real: jax.Array,
     fake: jax.Array,
     models: Models,
-    config: ml_collections.ConfigDict,
+    disc_config: ml_collections.ConfigDict,
     disc_tx: optax.GradientTransformation,
     disc_gate: str,
 ) -> tuple[PyTree, PyTree, dict[str, jax.Array]]:
     """D's update on steps with `step % disc.every == 0`, inside shard_map.
 
     Args:
+      disc_config: `config.disc`.
       real: z_enc (B, N, D); fake: sg(h_den) (B, N, D), this device's examples.
       disc_gate: "cond" or "mask", see `make_train_step`.
     Returns: D's variables, its optimizer state, and L_D with D's accuracies (computed with the
       pre-update D on every step, so the logs are comparable across steps).
     """
-    bn_train = config.disc.bn_mode == "train"
+    bn_train = disc_config.bn_mode == "train"
 
     def update_disc(_):
         d_params = lax.pcast(state.disc["params"], AXIS, to="varying")
@@ -121,7 +129,7 @@ def discriminator_step(
         )
         return state.disc, state.disc_opt_state, {"disc_loss": loss, **accuracy}
 
-    update = state.step % config.disc.every == 0
+    update = state.step % disc_config.every == 0
     if disc_gate == "cond":  # Only the taken branch runs.
         return lax.cond(update, update_disc, keep_disc, None)
     # "mask": computes the update every step and keeps it on D steps.
@@ -156,7 +164,6 @@ def make_train_step(
     tx = make_optimizer(config.optim)
     disc_tx = make_optimizer(config.disc.optim)
     objective = make_objective(config)
-    lc = config.loss
     decay = config.train.ema_decay
     if disc_gate is None:
         disc_gate = "mask" if mesh.devices.flat[0].platform == "cpu" else "cond"
@@ -170,10 +177,10 @@ def make_train_step(
         keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(index)
         x0, t, eps, labels = jax.vmap(lambda k, ex: example_inputs(k, ex, config))(keys, batch)
         inputs = {**objective.network_inputs(x0, eps, t), "labels": labels}
-        if aligned(config):
-            z_enc = lax.stop_gradient(encoder_features(encoder_params, batch["image"]))
+        if aligned(config.loss):
+            z_enc = encoder_targets(encoder_features, encoder_params, batch["image"])
             inputs["z_enc"] = z_enc
-        gamma = jnp.where(state.step < lc.adv_warmup_steps, 0.0, lc.adv_weight)
+        gamma = adversarial_weight(state.step, config.loss)
 
         # Differentiate w.r.t. a per-device copy of the params so the gradient is the local one;
         # pmean then averages it over the global batch.
@@ -190,9 +197,9 @@ def make_train_step(
 
         # Without L_adv, D and its optimizer state stay as initialised (and cost nothing).
         disc, disc_opt_state, disc_metrics = state.disc, state.disc_opt_state, {}
-        if adversarial(config):
+        if adversarial(config.loss):
             disc, disc_opt_state, disc_metrics = discriminator_step(
-                state, z_enc, lax.stop_gradient(h_den), models, config, disc_tx, disc_gate
+                state, z_enc, lax.stop_gradient(h_den), models, config.disc, disc_tx, disc_gate
             )
         metrics = {
             "loss": total,

@@ -1,7 +1,7 @@
 """SARA's two objectives: the generator's (Eq. 11) and the discriminator's (Eq. 9), with the
 forward passes they are made of (Eq. 1, 4, 5).
 
-The terms are `losses`'s; the modules are `training.state.Models`. The train step
+The terms are `losses`'s; the modules are `models.trained.Models`. The train step
 (`training.step`) only differentiates these functions, averages over devices and applies the
 updates.
 """
@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import ml_collections
 from jax import lax
 
+from sara_jax.models.trained import Models
 from sara_jax.objective import losses
 from sara_jax.objective.family import Batch, make_objective
-from sara_jax.training.state import Models
 
 PyTree = Any
 

@@ -1,6 +1,6 @@
 """The one TrainState of a SARA run and the modules and optimizers it is built from."""
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax
 import jax
@@ -15,16 +15,9 @@ from sara_jax.models.discriminator import Discriminator
 from sara_jax.models.dtype import dtype_of
 from sara_jax.models.projector import Projector
 from sara_jax.models.sit import SiT
+from sara_jax.models.trained import Models
 
 PyTree = Any
-
-
-class Models(NamedTuple):
-    """The trained modules; the frozen encoder lives outside the state (see encoders.py)."""
-
-    sit: SiT
-    projector: Projector
-    disc: Discriminator
 
 
 @flax.struct.dataclass

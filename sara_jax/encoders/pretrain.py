@@ -4,13 +4,15 @@ Offline there is no published encoder to align to, and a random encoder is no al
 its patch tokens carry no semantics. The demo therefore trains a small DinoV2 to classify its
 own training images (a linear head on [CLS, mean patch token], DINOv2's linear-probe input),
 which makes its patch tokens semantic, and caches the weights keyed by everything that
-determines them.
+determines them. `fit_classifier` is that short supervised run, for any classifier (the shapes
+evaluator, `evaluation.shapes`, is fitted with it too): AdamW on a cosine decay, batches drawn
+without replacement from a seeded generator, so a run is a function of its arguments alone.
 """
 
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,63 @@ from sara_jax.encoders.preprocess import imagenet_normalize
 from sara_jax.models.dinov2 import DinoV2
 
 PyTree = Any
+# (params, uint8 or float images (B, H, W, 3)) -> logits (B, classes).
+Logits = Callable[[PyTree, jax.Array], jax.Array]
+
+
+def fit_classifier(
+    logits_fn: Logits,
+    params: PyTree,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    name: str,
+) -> PyTree:
+    """`steps` AdamW steps (peak `lr`, cosine decay, weight decay 1e-4) on cross-entropy.
+
+    Args:
+      images: (N, H, W, 3); labels: (N,) int; batches of `batch_size` distinct examples.
+      name: what the progress log lines call the run.
+    Returns: the trained params.
+    """
+    tx = optax.adamw(optax.cosine_decay_schedule(lr, steps), weight_decay=1e-4)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state, images, labels):
+        def loss_fn(params):
+            logits = logits_fn(params, images)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    rng = np.random.default_rng(seed)
+    for i in range(steps):
+        batch = rng.choice(len(images), size=batch_size, replace=False)
+        params, opt_state, loss = step(params, opt_state, images[batch], labels[batch])
+        if (i + 1) % max(steps // 5, 1) == 0:
+            logging.info("%s step %d/%d: loss %.4f", name, i + 1, steps, loss)
+    return params
+
+
+def classifier_accuracy(
+    logits_fn: Logits, params: PyTree, images: np.ndarray, labels: np.ndarray, batch_size: int = 512
+) -> float:
+    """Fraction of `images` (N, H, W, 3) whose argmax logit is their label (N,)."""
+    apply = jax.jit(logits_fn)
+    predicted = np.concatenate(
+        [
+            np.argmax(apply(params, images[i : i + batch_size]), axis=-1)
+            for i in range(0, len(images), batch_size)
+        ]
+    )
+    return float(np.mean(predicted == labels))
 
 
 def demo_vit(encoder: ml_collections.ConfigDict, dtype: jnp.dtype = jnp.float32) -> DinoV2:
@@ -95,29 +154,23 @@ def pretrain_demo_vit(
     images, labels = _stack(source, range(p.num_examples))
     test_images, test_labels = _stack(source, range(p.num_examples, p.num_examples + held_out))
     model = LinearProbe(demo_vit(config.encoder), config.data.num_classes)
-    key = jax.random.key(config.seed)
-    params = model.init(key, imagenet_normalize(jnp.asarray(images[:1])))["params"]
-    tx = optax.adamw(optax.cosine_decay_schedule(p.lr, p.steps), weight_decay=1e-4)
-    opt_state = tx.init(params)
+    params = model.init(jax.random.key(config.seed), imagenet_normalize(jnp.asarray(images[:1])))
 
-    @jax.jit
-    def step(params, opt_state, images, labels):
-        def loss_fn(params):
-            logits = model.apply({"params": params}, imagenet_normalize(images))
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    def logits_fn(params: PyTree, images: jax.Array) -> jax.Array:
+        return model.apply({"params": params}, imagenet_normalize(images))
 
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    rng = np.random.default_rng(config.seed)
-    for i in range(p.steps):
-        batch = rng.choice(p.num_examples, size=p.batch_size, replace=False)
-        params, opt_state, loss = step(params, opt_state, images[batch], labels[batch])
-        if (i + 1) % max(p.steps // 5, 1) == 0:
-            logging.info("demo encoder pretraining step %d/%d: loss %.4f", i + 1, p.steps, loss)
-    logits = model.apply({"params": params}, imagenet_normalize(jnp.asarray(test_images)))
-    accuracy = float(np.mean(np.argmax(logits, -1) == test_labels))
+    params = fit_classifier(
+        logits_fn,
+        params["params"],
+        images,
+        labels,
+        steps=p.steps,
+        batch_size=p.batch_size,
+        lr=p.lr,
+        seed=config.seed,
+        name="demo encoder pretraining",
+    )
+    accuracy = classifier_accuracy(logits_fn, params, test_images, test_labels)
     logging.info("demo encoder held-out accuracy: %.3f on %d images", accuracy, held_out)
     return params["backbone"], accuracy
 

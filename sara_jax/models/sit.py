@@ -179,7 +179,7 @@ class SiT(nn.Module):
       remat: recompute each block's activations in the backward pass (jax.checkpoint) instead
         of storing them: less memory for about one more forward pass.
       learn_sigma: DiT's head: the output has 2C channels, the noise prediction then the
-        variance interpolation values (see `sara_jax.diffusion.p_mean_variance`).
+        variance interpolation values (see `sara_jax.objective.diffusion.p_mean_variance`).
     """
 
     input_size: int

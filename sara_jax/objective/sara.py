@@ -69,8 +69,6 @@ def generator_loss(
 ) -> tuple[jax.Array, tuple[dict[str, jax.Array], jax.Array | None]]:
     """L = L_denoise + lambda L_patch + beta L_struc + gamma L_adv (Eq. 11).
 
-    XXX + lambda L_patch + beta L_struc + gamma L_adv.
-
     L_denoise is the family's objective (`make_objective`): L_velocity for the SiT, L_simple +
     L_vlb for the DiT. The alignment terms act on the same hidden state for both.
 

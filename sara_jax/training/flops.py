@@ -157,8 +157,8 @@ def train_step(
 
     Args:
       config: the run's config (loss weights, disc.every, image sizes).
-      sit, projector, disc: the trained modules (train_state.build_models).
-      encoder: the frozen encoder module (encoders.encoder_module).
+      sit, projector, disc: the trained modules (training.state.build_models).
+      encoder: the frozen encoder module (encoders.load.encoder_module).
     Returns: FLOPs of each of COMPONENTS and their "total"; components a plain SiT or REPA
       does not run are 0. Multiply by the global batch for the
       step.

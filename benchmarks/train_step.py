@@ -6,7 +6,7 @@
     python benchmarks/train_step.py --config=configs/demo.py --steps=2 --warmup=1   # CPU smoke
     python benchmarks/train_step.py --config=configs/sit_xl.py --target=h100_sxm   # no GPU here
 
-Runs `sara_jax.train_step.make_train_step`, the step training runs, on the config's real
+Runs `sara_jax.training.step.make_train_step`, the step training runs, on the config's real
 architectures with random weights (no downloads: the encoder and D are randomly initialised,
 which costs the same time) and one synthetic device-resident batch, so data loading is left
 out (benchmarks/data_throughput.py measures it). `--mode=all` runs a plain SiT, REPA and SARA
@@ -15,7 +15,7 @@ on the same config and reports each one's overhead over the previous.
 Per mode: compile time (tracing, then XLA), the mean step time over `--steps` steps after
 `--warmup` (each step waited for with block_until_ready; time a multiple of `disc.every` steps
 so D's update is averaged in), images/s, the analytic FLOPs per image by component
-(sara_jax.flops), MFU against the device's dense bf16 peak, and memory: XLA's buffer
+(sara_jax.training.flops), MFU against the device's dense bf16 peak, and memory: XLA's buffer
 assignment of the compiled step (arguments + outputs + temporaries - donated) and, where the
 backend reports it, the allocator's peak (cumulative over the modes of one run: they go from
 the smallest to the largest). Memory options are config fields: `model.remat` and
@@ -147,7 +147,7 @@ def random_encoder(
     """The config's frozen encoder with random weights: (module, features, params).
 
     features: (params, uint8 images (B, H, W, 3)) -> (B, N, z_dim), the computation
-    `sara_jax.encoders.load_encoder` builds around the published weights.
+    `sara_jax.encoders.load.load_encoder` builds around the published weights.
     abstract: params as shapes and dtypes only (jax.ShapeDtypeStruct), nothing computed.
     """
     module = encoder_module(config.encoder)
@@ -347,7 +347,7 @@ def benchmark(
         "trace_s": traced - start,
         "compile_s": compiled_at - traced,
         "flops_per_image": counts,
-        # XLA's count of the per-device program: includes elementwise work, see flops.py.
+        # XLA's count of the per-device program: includes elementwise work, see training/flops.py.
         "xla_flops_per_image": xla_cost.get("flops", 0.0) * num_devices / batch or None,
         "memory": memory_figures(compiled, None if ahead_of_time else mesh.devices.flat[0]),
         # Forward and backward calls of cuDNN's fused attention (0: XLA's attention throughout).

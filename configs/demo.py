@@ -10,13 +10,10 @@ from sara_jax.config import base_config
 
 def get_config():
     c = base_config()
-    c.model.input_size = 32
-    c.model.in_channels = 3
     c.model.patch_size = 4
     c.model.depth = 4
     c.model.hidden_size = 128
     c.model.num_heads = 4
-    c.model.num_classes = 10
     c.model.encoder_depth = 2
     c.model.compute_dtype = "float32"  # bf16 matmuls are emulated, and slow, on most CPUs.
     c.projector.width = 256
@@ -43,7 +40,6 @@ def get_config():
     c.optim.lr = 5e-4
     c.train.num_steps = 1000
     c.train.ema_decay = 0.995
-    c.train.log_every = 100
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 2
 

@@ -13,8 +13,4 @@ def get_config(arg: str = "sara"):
     config = paper_config("XL", 8, 400_000, METHODS[arg])
     config.model.family = "dit"  # eps + learned variance, L_simple + L_vlb (config.diffusion).
     config.sample.method = "ddpm"  # On sample.num_steps = 250 respaced steps.
-    # Targets from the published DINOv2-B/14, D's trunk from torchvision's ImageNet ResNet-18;
-    # a local path or a `python -m sara_jax.convert` directory works as well.
-    config.encoder.name, config.encoder.checkpoint = "dinov2_vitb14", "facebook/dinov2-base"
-    config.disc.checkpoint = "timm/resnet18.tv_in1k"
     return config

@@ -9,9 +9,4 @@ VARIANTS = tuple(METHODS)
 
 
 def get_config(arg: str = "sara"):
-    config = paper_config("L", 8, 400_000, METHODS[arg])
-    # Targets from the published DINOv2-B/14, D's trunk from torchvision's ImageNet ResNet-18;
-    # a local path or a `python -m sara_jax.convert` directory works as well.
-    config.encoder.name, config.encoder.checkpoint = "dinov2_vitb14", "facebook/dinov2-base"
-    config.disc.checkpoint = "timm/resnet18.tv_in1k"
-    return config
+    return paper_config("L", 8, 400_000, METHODS[arg])

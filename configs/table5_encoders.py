@@ -2,7 +2,7 @@
 depths.
 
 `--config=configs/table5_encoders.py:dinov2_vitl14,sara,8`: encoder (a name in
-`sara_jax.encoder_registry.ENCODERS`), method (`repa` or `sara`), alignment depth. DINOv2 and
+`sara_jax.encoders.registry.ENCODERS`), method (`repa` or `sara`), alignment depth. DINOv2 and
 CLIP load from their published Hugging Face checkpoints. MAE-L and MoCov3-L weights are not on
 the hub: download the file the registry's `download` names and point `encoder.checkpoint` at it
 (the default is where REPA's README puts it, relative to the working directory), e.g.

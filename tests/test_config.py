@@ -1,8 +1,12 @@
 import importlib.util
+import pickle
+import sys
 from pathlib import Path
 
 import ml_collections
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 from configs import (
     demo,
@@ -15,7 +19,7 @@ from configs import (
     table3_weights,
     table5_encoders,
 )
-from sara_jax.config import base_config, set_alignment, validate
+from sara_jax.config import base_config, flat_items, set_alignment, validate
 
 
 @pytest.mark.parametrize(
@@ -123,7 +127,11 @@ def test_demo_config_is_valid_and_small():
         ("optim.b2", 1.0, r"config.optim.b2 must be in \[0, 1\)"),
         ("loss.struc_reduction", "max", r"config.loss.struc_reduction must be 'mean' or 'sum'"),
         ("model.num_heads", 7, r"config.model.hidden_size must be divisible by model.num_heads"),
-        ("data.space", "pixel", r"config.model.input_size must be 256"),
+        # The SiT follows the data to pixels (256 x 256 / 2^2 tokens); the encoder does not.
+        ("data.space", "pixel", r"config.encoder.image_size must be such that .* SiT \(16384\)"),
+        ("model.input_size", 16, r"config.model.input_size must be 32 for data.space='latent'"),
+        ("model.in_channels", 3, r"config.model.in_channels must be 4 for data.space='latent'"),
+        ("model.num_classes", 10, r"config.model.num_classes must be equal to data.num_classes"),
         ("model.compute_dtype", "float16", r"config.model.compute_dtype must be one of"),
         ("train.ema_decay", 1.5, r"config.train.ema_decay must be in \[0, 1\]"),
     ],
@@ -137,6 +145,53 @@ def test_bad_values_name_the_field(field, value, message):
     node[name] = value
     with pytest.raises(ValueError, match=message):
         validate(c)
+
+
+@pytest.mark.parametrize(
+    "space,image_size,input_size,in_channels,encoder_patch",
+    [("pixel", 32, 32, 3, 4), ("latent", 64, 8, 4, 32)],
+)
+def test_model_input_follows_the_data_fields(
+    space, image_size, input_size, in_channels, encoder_patch
+):
+    c = demo.get_config()  # Sets the data fields only.
+    c.data.space, c.data.image_size, c.data.num_classes = space, image_size, 7
+    c.encoder.image_size, c.encoder.arch.patch_size = image_size, encoder_patch
+    m = c.model
+    assert (m.input_size, m.in_channels, m.num_classes) == (input_size, in_channels, 7)
+    validate(c)
+    flat = dict(flat_items(c))
+    assert (flat["model.input_size"], flat["model.in_channels"]) == (input_size, in_channels)
+    assert c.to_dict()["model"]["num_classes"] == 7
+    copy = pickle.loads(pickle.dumps(c))  # Still linked to its own data fields.
+    copy.data.num_classes = 5
+    assert (copy.model.num_classes, c.model.num_classes) == (5, 7)
+
+
+def test_a_model_field_assigned_stays_and_must_agree():
+    c = base_config()
+    c.model.num_classes = 1000  # As a config file written before the fields were derived.
+    c.data.num_classes = 10  # The model no longer follows: validate names the field.
+    assert (c.model.num_classes, c.data.num_classes) == (1000, 10)
+    with pytest.raises(ValueError, match=r"config.model.num_classes must be equal to data"):
+        validate(c)
+    c.model.num_classes = 10
+    validate(c)
+
+
+def test_command_line_data_fields_carry_over_to_the_model(monkeypatch):
+    # As `--config=configs/demo.py --config.data.image_size=64 ...` (config_flags reads the
+    # overrides from sys.argv): the parsed config's model fields follow the data fields.
+    argv = ["prog", "--config=configs/demo.py", "--config.data.image_size=64"]
+    argv += ["--config.encoder.image_size=64", "--config.encoder.arch.patch_size=4"]
+    argv += ["--config.data.num_classes=3"]
+    monkeypatch.setattr(sys, "argv", argv)
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values)
+    flag_values(argv)
+    c = flag_values.config
+    assert (c.model.input_size, c.model.in_channels, c.model.num_classes) == (64, 3, 3)
+    validate(c)
 
 
 def test_unknown_missing_and_mistyped_fields():

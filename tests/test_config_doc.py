@@ -11,12 +11,12 @@ from sara_jax import config_doc
 from sara_jax.config import base_config
 
 SOURCE = config_doc.CONFIG_SOURCE.read_text()
-ANCHOR = "    c.train.sample_every = "
+ANCHOR = "    t.sample_every = "
 
 
 def with_new_train_field(comment: str) -> str:
-    """config.py's source with `c.train.new_knob = 7` added (and `comment` on its line)."""
-    line = f"    c.train.new_knob = 7{comment}\n"
+    """sections.py's source with `t.new_knob = 7` (train.new_knob) added, `comment` on its line."""
+    line = f"    t.new_knob = 7{comment}\n"
     at = SOURCE.index(ANCHOR)
     return SOURCE[:at] + line + SOURCE[at:]
 
@@ -46,7 +46,7 @@ def test_field_without_a_comment_is_named():
 
 
 def test_field_the_parser_cannot_see_is_named():
-    # Assigned somewhere the generator does not read (or not in config.py at all).
+    # Assigned somewhere the generator does not read (or not in sections.py at all).
     with pytest.raises(ValueError, match="config.train.new_knob has no meaning"):
         config_doc.render(base_with_new_field(), SOURCE, [])
 

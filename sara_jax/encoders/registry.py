@@ -108,7 +108,14 @@ ENCODERS: dict[str, EncoderSpec] = {
 }
 
 
+def encoder_spec(name: str, field: str = "encoder.name") -> EncoderSpec:
+    """The entry `name` of ENCODERS; a ValueError naming the config `field` if there is none."""
+    if name not in ENCODERS:
+        raise ValueError(f"config.{field} must be one of {sorted(ENCODERS)}, got {name!r}")
+    return ENCODERS[name]
+
+
 def encoder_width(encoder) -> int:
     """z_dim, the width of the tokens the encoder `config.encoder` names."""
-    spec = ENCODERS[encoder.name]
+    spec = encoder_spec(encoder.name)
     return encoder.arch.embed_dim if spec.family == "demo_vit" else spec.embed_dim

@@ -12,6 +12,13 @@ from sara_jax.sampling.samplers import conditional_and_unconditional
 SAMPLERS = ("ddpm",)
 
 
+def check_method(method: str, field: str = "sample.method") -> None:
+    """Raises a ValueError naming the config `field` unless `method` is one of SAMPLERS."""
+    if method not in SAMPLERS:
+        expected = f"one of {SAMPLERS} for model.family='dit'"
+        raise ValueError(f"config.{field} must be {expected}, got {method!r}")
+
+
 def guided_model(model_fn: ModelFn, null_label: int, cfg_scale: float, channels: int) -> ModelFn:
     """Classifier-free guidance as DiT's forward_with_cfg applies it.
 

@@ -149,6 +149,13 @@ def euler_maruyama_sde(
 SAMPLERS = ("sde", "euler", "heun")
 
 
+def check_method(method: str, field: str = "sample.method") -> None:
+    """Raises a ValueError naming the config `field` unless `method` is one of SAMPLERS."""
+    if method not in SAMPLERS:
+        expected = f"one of {SAMPLERS} for model.family='sit'"
+        raise ValueError(f"config.{field} must be {expected}, got {method!r}")
+
+
 def sample(
     method: str,
     velocity_fn: VelocityFn,

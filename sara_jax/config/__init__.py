@@ -1,0 +1,142 @@
+"""The run configuration: the defaults every config file starts from, and their validation.
+
+`base_config()` holds every field with the paper's values (SiT-XL/2 ImageNet-256); the files in
+`configs/` change what differs. Each section's defaults are followed by its rules
+(`sections.py`): a table of per-field ranges and, where its fields constrain each other, a
+check. `validate` applies them, then the rules across sections, before anything is built or
+compiled, and names the offending field in its error. The rules are plain tables, not a schema
+library such as pydantic, because the fields already live in a ConfigDict that config_flags
+overrides from the command line: a schema would declare every field a second time.
+
+`model.input_size`, `model.in_channels` and `model.num_classes` are derived from `data`: they
+are computed whenever read, so a config file (or `--config.data.space=pixel`) sets only the data
+fields. A config may still assign them; `validate` then checks they agree with the data.
+"""
+
+import ml_collections
+
+from sara_jax.config import sections
+from sara_jax.config.rules import check, flat_items
+from sara_jax.config.sections import DTYPES, FAMILIES, base_config
+from sara_jax.encoders import registry
+
+__all__ = [
+    "DTYPES",
+    "FAMILIES",
+    "METHODS",
+    "base_config",
+    "flat_items",
+    "paper_config",
+    "set_alignment",
+    "sit_preset",
+    "validate",
+]
+
+
+def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Checks fields, types, ranges and cross-field rules; raises ValueError naming the field.
+
+    Args:
+      c: the run's config.
+      num_devices: devices of the data-parallel mesh, to check the batch divides over them.
+    """
+    schema = dict(flat_items(base_config()))
+    fields = dict(flat_items(c))
+    for name in fields.keys() - schema.keys():
+        raise ValueError(f"config.{name} is not a known field (misspelt, or not used by sara_jax)")
+    for name in schema.keys() - fields.keys():
+        raise ValueError(f"config.{name} is missing (every field of base_config() is required)")
+    for name, default in schema.items():
+        value = fields[name]
+        if isinstance(default, bool) or not isinstance(default, int | float):
+            ok = type(value) is type(default)
+        else:  # Numbers: an int may stand for a float, never the other way round.
+            ok = not isinstance(value, bool) and isinstance(value, int | float)
+            ok = ok and (isinstance(default, float) or isinstance(value, int))
+        check(c, name, ok, f"of type {type(default).__name__}")
+    sections.check_sections(c)
+    _check_sampler(c)
+    _check_tokens(c)
+    if num_devices is not None:
+        accum = c.train.grad_accum_steps
+        expected = f"divisible by the number of devices ({num_devices}) x "
+        expected += f"train.grad_accum_steps ({accum})"
+        ok = c.data.global_batch_size % (num_devices * accum) == 0
+        check(c, "data.global_batch_size", ok, expected)
+
+
+def _check_sampler(c: ml_collections.ConfigDict) -> None:
+    """Each objective has its own samplers: the SiT's integrate a velocity, DDPM needs eps and
+    the learned variance (and takes at most diffusion.num_timesteps steps, without interval)."""
+    # Imported here, not above, so that loading a config file needs no jax.
+    from sara_jax.sampling import ddpm, samplers
+
+    s, steps = c.sample, c.diffusion.num_timesteps
+    (samplers if c.model.family == "sit" else ddpm).check_method(s.method, "sample.method")
+    expected = f"<= model.in_channels={c.model.in_channels}"
+    check(c, "sample.ddpm_cfg_channels", s.ddpm_cfg_channels <= c.model.in_channels, expected)
+    if s.method == "ddpm":
+        expected = f"in [2, diffusion.num_timesteps={steps}] for the DDPM sampler"
+        check(c, "sample.num_steps", 2 <= s.num_steps <= steps, expected)
+        check(c, "eval.num_steps", 2 <= c.eval.num_steps <= steps, expected)
+        no_interval = (s.guidance_low, s.guidance_high) == (0.0, 1.0)
+        expected = "0.0 with sample.guidance_high 1.0 for the DDPM sampler"
+        check(c, "sample.guidance_low", no_interval, expected + " (DiT's CFG has no interval)")
+
+
+def _check_tokens(c: ml_collections.ConfigDict) -> None:
+    """The encoder's tokens are the SiT's targets, one per SiT token."""
+    e, m, spec = c.encoder, c.model, registry.encoder_spec(c.encoder.name)
+    demo = spec.family == "demo_vit"
+    if demo:  # It reads the training images as they are (no resize).
+        expected = f"equal to data.image_size={c.data.image_size} for the demo_vit encoder"
+        check(c, "encoder.image_size", e.image_size == c.data.image_size, expected)
+    patch = e.arch.patch_size if demo else spec.patch_size
+    expected = f"divisible by the encoder's patch size {patch}"
+    check(c, "encoder.image_size", e.image_size % patch == 0, expected)
+    enc_tokens = (e.image_size // patch) ** 2
+    sit_tokens = (m.input_size // m.patch_size) ** 2
+    expected = f"such that the encoder has as many tokens as the SiT ({sit_tokens}), "
+    field = "encoder.arch.patch_size" if demo else "encoder.image_size"
+    check(c, field, enc_tokens == sit_tokens, expected + f"not {enc_tokens}")
+
+
+def sit_preset(config: ml_collections.ConfigDict, size: str, patch_size: int = 2) -> None:
+    """Sets the SiT shape fields to a published preset: S, B, L or XL, patch 2, 4 or 8."""
+    from sara_jax.models.sit import PRESETS  # Here, so that loading a config needs no flax.
+
+    config.model.depth, config.model.hidden_size, config.model.num_heads = PRESETS[size]
+    config.model.patch_size = patch_size
+
+
+def paper_config(
+    size: str, encoder_depth: int, num_steps: int, terms: str
+) -> ml_collections.ConfigDict:
+    """A paper run: base_config() with a SiT preset (patch 2), its alignment depth, its length
+    and its alignment terms (see `set_alignment`)."""
+    config = base_config()
+    sit_preset(config, size)
+    config.model.encoder_depth = encoder_depth
+    config.train.num_steps = num_steps
+    set_alignment(config, terms)
+    return config
+
+
+# The methods compared throughout the paper, as sets of alignment terms.
+METHODS = {"sara": "patch,struc,adv", "repa": "patch", "none": "none"}
+
+
+def set_alignment(config: ml_collections.ConfigDict, terms: str) -> None:
+    """Switches alignment terms on at the paper's weights and the others off.
+
+    Args:
+      terms: comma-separated subset of "patch", "struc", "adv" (lambda 0.5, beta 0.5,
+        gamma 0.05), or "none" for a plain SiT. "patch" alone is REPA.
+    """
+    chosen = set() if terms == "none" else set(terms.split(","))
+    weights = {"patch": 0.5, "struc": 0.5, "adv": 0.05}
+    if unknown := chosen - weights.keys():
+        raise ValueError(f"unknown alignment terms {sorted(unknown)}; choose from {list(weights)}")
+    config.loss.patch_weight = weights["patch"] if "patch" in chosen else 0.0
+    config.loss.struc_weight = weights["struc"] if "struc" in chosen else 0.0
+    config.loss.adv_weight = weights["adv"] if "adv" in chosen else 0.0

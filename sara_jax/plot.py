@@ -15,9 +15,8 @@ import numpy as np
 from absl import app, flags, logging
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-from tensorboard.compat import tf
-from tensorboard.util import tensor_util
+
+from sara_jax.io.events import Scalars, read_scalars
 
 # The metrics drawn by default, with the titles they get (the paper's names).
 TITLES = {
@@ -31,40 +30,6 @@ TITLES = {
     "disc_loss": "L_D",
     "fid": "FID (lower is better)",
 }
-
-Scalars = dict[str, tuple[np.ndarray, np.ndarray]]
-
-
-def read_scalars(workdir: str) -> Scalars:
-    """Every scalar the event files of `workdir` (and of its direct subdirectories) hold.
-
-    Returns:
-      tag -> (steps, values), sorted by step. A step logged twice (a resumed run logs again
-      the steps after its last checkpoint) keeps the value of the newer event file.
-
-    Raises:
-      FileNotFoundError: when `workdir` holds no event file.
-    """
-    root = workdir.rstrip("/")
-    files = tf.io.gfile.glob(f"{root}/events.out.tfevents.*")
-    files += tf.io.gfile.glob(f"{root}/*/events.out.tfevents.*")
-    if not files:
-        raise FileNotFoundError(f"no TensorBoard event files in {workdir}")
-    by_tag: dict[str, dict[int, float]] = {}
-    # Event file names start with their creation time, so this reads older files first.
-    for path in sorted(files, key=lambda p: p.rsplit("/", 1)[-1]):
-        plugins: dict[str, str] = {}  # TF2 summaries may carry their metadata only once.
-        for event in EventFileLoader(path).Load():
-            for value in event.summary.value:
-                plugin = value.metadata.plugin_data.plugin_name or plugins.get(value.tag)
-                plugins[value.tag] = plugin
-                if plugin == "scalars":
-                    number = float(tensor_util.make_ndarray(value.tensor))
-                    by_tag.setdefault(value.tag, {})[event.step] = number
-    return {
-        tag: (np.array(sorted(points)), np.array([points[s] for s in sorted(points)]))
-        for tag, points in by_tag.items()
-    }
 
 
 def smooth(values: np.ndarray, weight: float) -> np.ndarray:

@@ -19,7 +19,7 @@ from sara_jax.objective.sara import generator_loss
 from sara_jax.sampling import ddpm, denoiser, sample_set
 from sara_jax.training.state import build_models, create_train_state
 
-DIT = {"model.family": "dit", "sample_set.method": "ddpm"}
+DIT = {"model.family": "dit", "sample.method": "ddpm"}
 
 
 def tiny_dit_config(**overrides):
@@ -193,7 +193,7 @@ def randomized_dit(config):
 
 
 def test_denoiser_is_ddpm_on_the_respaced_steps_and_scale_one_is_conditional():
-    config = tiny_dit_config(**{"sample_set.cfg_scale": 1.0})
+    config = tiny_dit_config(**{"sample.cfg_scale": 1.0})
     sit, params = randomized_dit(config)
     noise = jax.random.normal(jax.random.key(6), (4, 16, 16, 3))
     labels, key = jnp.array([0, 3, 5, 9]), jax.random.key(7)
@@ -257,11 +257,11 @@ def test_fig2_representations_of_a_dit_see_its_integer_step(tmp_path, monkeypatc
 def test_sample_job_writes_the_evaluation_npz_for_a_dit(tmp_path):
     config = tiny_dit_config(
         **{
-            "sample_set.num_samples": 10,
-            "sample_set.batch_size": 8,
-            "sample_set.num_steps": 4,
-            "sample_set.labels": "balanced",
-            "sample_set.cfg_scale": 1.5,
+            "sample.num_samples": 10,
+            "sample.batch_size": 8,
+            "sample.num_steps": 4,
+            "sample.labels": "balanced",
+            "sample.cfg_scale": 1.5,
         }
     )
     save_initial_state(config, tmp_path, step=3)

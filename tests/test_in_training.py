@@ -51,13 +51,13 @@ def test_fid_scores_exactly_the_samples_the_sample_job_draws(monkeypatch):
     reference = metrics.feature_stats(fake_featurize(images[::-1].copy())["pool3"][:10])
 
     monitor = in_training.make_fid_monitor(config, fake_featurize, reference)
-    value = monitor(sit_params)
+    value = monitor(sit_params)["fid"]
     np.testing.assert_allclose(value, metrics.fid(pool3, reference), rtol=1e-6)
     # A set with repeats (16 = 12 padded) would score differently.
     assert abs(metrics.fid(np.resize(pool3, (16, 2048)), reference) - value) > 1e-3 * value
     # Against its own statistics the set scores ~0.
     own = in_training.make_fid_monitor(config, fake_featurize, metrics.feature_stats(pool3))
-    assert abs(own(sit_params)) < 1e-4 * value  # 12 points in 2048-d: singular covariances
+    assert abs(own(sit_params)["fid"]) < 1e-4 * value  # 12 points in 2048-d: singular covariances
 
 
 def test_eval_needs_a_reference():
@@ -85,8 +85,8 @@ def test_the_train_loop_logs_fid_every_k_steps(tmp_path, monkeypatch):
         **{
             "eval.every": 2,
             "eval.reference": str(tmp_path / "reference.npz"),
-            "loop.num_steps": 4,
-            "loop.checkpoint_every": 4,
+            "train.num_steps": 4,
+            "train.checkpoint_every": 4,
             "data.num_examples": 640,
             "encoder.pretrain.steps": 2,
             "encoder.pretrain.num_examples": 64,

@@ -45,7 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = _train()  # The loop: length, EMA, logs, checkpoints.
     # How samples are drawn (the preview grids and, later, evaluation): REPA's protocol.
     c.sample = _sample()
-    # The in-training FID: every `eval.every` steps, a small-budget FID logged as `fid`.
+    # In-training evaluation every `eval.every` steps: a small-budget FID logged as `fid` (or
+    # the shapes data's `fd` and `class_acc`).
     c.eval = _eval()
     return c
 
@@ -366,15 +367,44 @@ def _eval() -> ml_collections.ConfigDict:
     e.reference = ""
     e.inception = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's FID Inception.
     e.batch_size = 200  # Images per Inception batch, per process.
+    # "inception": FID against eval.reference; "shapes" (data.source "shapes"): `fd` and
+    # `class_acc` of the shapes data's own classifier (sara_jax.evaluation.shapes).
+    e.featurizer = "inception"
+    e.shapes = ml_collections.ConfigDict()  # That classifier, trained once and cached.
+    e.shapes.width = 16  # Channels of its first stage (then 2x and 4x); a multiple of 8.
+    e.shapes.steps = 300  # Training steps.
+    e.shapes.batch_size = 128  # Images per step.
+    e.shapes.lr = 3e-3  # Peak AdamW learning rate (cosine decay).
+    e.shapes.num_train = 4096  # Records from data.num_examples on (no run reads them) ...
+    e.shapes.num_test = 1024  # ... and after those, its held-out accuracy's images.
+    e.shapes.seed = 0  # Its init and batch order.
+    e.shapes.cache_dir = "~/.cache/sara_jax"  # Its weights, keyed by what determines them.
     return e
 
 
-RULES["eval"] = {"num_samples num_steps batch_size": POSITIVE, "every": NON_NEGATIVE}
+RULES["eval"] = {
+    "num_samples num_steps batch_size": POSITIVE,
+    "every": NON_NEGATIVE,
+    "featurizer": either("inception", "shapes"),
+}
+RULES["eval.shapes"] = {"width steps batch_size lr num_train num_test": POSITIVE}
 
 
 def _check_eval(c: ml_collections.ConfigDict) -> None:
-    for name in ["eval.reference", "eval.inception"]:
-        check(c, name, not c.eval.every or bool(value_of(c, name)), "a path when eval.every > 0")
+    e = c.eval
+    if e.featurizer == "inception":
+        for name in ["eval.reference", "eval.inception"]:
+            check(c, name, not e.every or bool(value_of(c, name)), "a path when eval.every > 0")
+        return
+    check(
+        c,
+        "eval.featurizer",
+        c.data.source == "shapes",
+        "'inception' unless data.source is 'shapes'",
+    )
+    check(c, "eval.shapes.width", e.shapes.width % 8 == 0, "a multiple of 8 (GroupNorm's groups)")
+    ok = e.shapes.batch_size <= e.shapes.num_train
+    check(c, "eval.shapes.batch_size", ok, f"<= eval.shapes.num_train={e.shapes.num_train}")
 
 
 def check_sections(c: ml_collections.ConfigDict) -> None:

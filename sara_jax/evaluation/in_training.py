@@ -1,10 +1,11 @@
-"""The in-training FID: every `eval.every` steps, a small-budget FID of the model's samples
-(e.g. 2k samples, a few sampler steps) so a run shows its convergence without stopping.
+"""In-training evaluation: every `eval.every` steps, a small-budget FID of the model's samples
+(e.g. 2k samples, a few sampler steps) so a run shows its convergence without stopping; on the
+generated shapes data, the shapes classifier's `fd` and `class_acc` (`evaluation.shapes`).
 
 Samples are drawn exactly as `python -m sara_jax.sample` draws them (sample i is a function of
 `sample.seed` and i), only fewer and with `eval.num_steps`: the same checkpoint gives the same
-in-training and offline samples. Every process draws its share of the set and the pool3
-features are gathered, so the figure does not depend on the number of hosts.
+in-training and offline samples. Every process draws its share of the set and the features
+are gathered, so the figure does not depend on the number of hosts.
 """
 
 from collections.abc import Callable
@@ -16,7 +17,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from sara_jax.evaluation import metrics
+from sara_jax.data.pipeline import make_source
+from sara_jax.evaluation import metrics, shapes
 from sara_jax.sampling.sample_set import make_chunk_sampler
 
 PyTree = Any
@@ -59,25 +61,69 @@ def process_indices(num_samples: int, chunk: int, index: int, count: int) -> np.
     return padded.reshape(-1, count, chunk)[:, index]
 
 
-def make_fid_monitor(
-    config: ml_collections.ConfigDict, featurize: Featurize, reference: metrics.FeatureStats
-) -> Callable[[PyTree], float]:
-    """`sit_params -> FID` of `eval.num_samples` samples with `eval.num_steps` sampler steps.
+def make_monitor(
+    config: ml_collections.ConfigDict,
+    featurize: Featurize,
+    score: Callable[[dict[str, np.ndarray], np.ndarray], dict[str, float]],
+) -> Callable[[PyTree], dict[str, float]]:
+    """`sit_params -> {metric: value}` of `eval.num_samples` samples, `eval.num_steps` steps.
 
     Args:
-      featurize: uint8 images (N, H, W, 3) -> {"pool3": (N, 2048), ...} (`inception_featurizer`).
-      reference: the pool3 statistics compared against (`reference_stats`).
+      featurize: uint8 images (N, H, W, 3) -> {name: (N, ...) features}.
+      score: (every sample's features, their labels (N,)) -> the metrics to log.
     """
     e = config.eval
     sampler = make_chunk_sampler(config, num_steps=e.num_steps)
     chunk = config.sample.batch_size
     rows = process_indices(e.num_samples, chunk, jax.process_index(), jax.process_count())
 
-    def fid(sit_params: PyTree) -> float:
-        params = sampler.place(sit_params)
-        features = np.stack([featurize(sampler.draw(params, r)[0])["pool3"] for r in rows])
-        gathered = np.asarray(multihost_utils.process_allgather(features))
-        pool3 = gathered.reshape(jax.process_count(), *features.shape).swapaxes(0, 1)
-        return metrics.fid(pool3.reshape(-1, pool3.shape[-1])[: e.num_samples], reference)
+    def gather(local: np.ndarray) -> np.ndarray:
+        # (rows, chunk, ...) of each process -> (num_samples, ...) in sample order.
+        gathered = np.asarray(multihost_utils.process_allgather(local))
+        ordered = gathered.reshape(jax.process_count(), *local.shape).swapaxes(0, 1)
+        return ordered.reshape(-1, *local.shape[2:])[: e.num_samples]
 
-    return fid
+    def evaluate(sit_params: PyTree) -> dict[str, float]:
+        params = sampler.place(sit_params)
+        drawn = [sampler.draw(params, r) for r in rows]
+        features = [featurize(images) for images, _ in drawn]
+        stacked = {k: gather(np.stack([f[k] for f in features])) for k in features[0]}
+        return score(stacked, gather(np.stack([labels for _, labels in drawn])))
+
+    return evaluate
+
+
+def make_fid_monitor(
+    config: ml_collections.ConfigDict, featurize: Featurize, reference: metrics.FeatureStats
+) -> Callable[[PyTree], dict[str, float]]:
+    """`sit_params -> {"fid": FID}` against `reference`, the pool3 statistics compared against
+    (`reference_stats`); `featurize` is `inception_featurizer`'s."""
+    return make_monitor(config, featurize, lambda f, _: {"fid": metrics.fid(f["pool3"], reference)})
+
+
+def make_shapes_monitor(config: ml_collections.ConfigDict) -> Callable[[PyTree], dict[str, float]]:
+    """`sit_params -> {"fd", "class_acc"}` with the shapes data's own classifier: the Frechet
+    distance of its features to those of `eval.num_samples` training images, and the fraction
+    of samples it assigns the class they were drawn for."""
+    evaluator = shapes.load_evaluator(config.eval.shapes, config.data)
+    source = make_source(config.data)
+    count = min(config.eval.num_samples, len(source))
+    real = np.stack([source[i]["image"] for i in range(count)])
+    reference = metrics.feature_stats(evaluator.featurize(real)["features"])
+    logging.info("shapes evaluator: held-out accuracy %.4f", evaluator.accuracy)
+
+    def score(features: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
+        return {
+            "fd": metrics.frechet_distance(metrics.feature_stats(features["features"]), reference),
+            "class_acc": shapes.class_accuracy(features["logits"], labels),
+        }
+
+    return make_monitor(config, evaluator.featurize, score)
+
+
+def make_config_monitor(config: ml_collections.ConfigDict) -> Callable[[PyTree], dict[str, float]]:
+    """The monitor `eval.featurizer` names: the FID's ("inception") or the shapes data's."""
+    if config.eval.featurizer == "shapes":
+        return make_shapes_monitor(config)
+    featurize = inception_featurizer(config.eval)
+    return make_fid_monitor(config, featurize, reference_stats(config.eval, featurize))

@@ -24,11 +24,16 @@ def resolve(path: str | os.PathLike) -> epath.Path:
     return epath.Path(os.path.abspath(os.path.expanduser(text)))
 
 
+def write_text(path: Path, text: str) -> None:
+    """`text` at `path` (a pathlib or etils.epath Path)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def write_json(path: Path, value: Any) -> None:
     """`value` as indented JSON at `path` (a pathlib or etils.epath Path)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    tmp.replace(path)
+    write_text(path, json.dumps(value, indent=2))
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:

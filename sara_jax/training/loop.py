@@ -162,19 +162,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     sample_grid = make_sampler(config, models.sit) if config.data.space == "pixel" else None
     sample_key = jax.random.fold_in(jax.random.key(config.seed), 1)
     preemption = Preemption(manager)
-    fid_monitor = None
-    if config.eval.every:
-        featurize = in_training.inception_featurizer(config.eval)
-        fid_monitor = in_training.make_fid_monitor(
-            config, featurize, in_training.reference_stats(config.eval, featurize)
-        )
+    monitor = in_training.make_config_monitor(config) if config.eval.every else None
 
-    def write_fid(step: int) -> None:
+    def write_eval(step: int) -> None:
         params = state.ema_params if config.sample.use_ema else state.params
         start = time.perf_counter()
-        fid = fid_monitor(params["sit"])
-        writer.write_scalars(step, {"fid": fid, "fid_seconds": time.perf_counter() - start})
-        logging.info("step %d: FID (%d samples) %.3f", step, config.eval.num_samples, fid)
+        results = monitor(params["sit"])
+        seconds = {f"{next(iter(results))}_seconds": time.perf_counter() - start}
+        writer.write_scalars(step, {**results, **seconds})
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in results.items())
+        logging.info("step %d: %s (%d samples)", step, shown, config.eval.num_samples)
 
     def write_samples(step: int) -> None:
         if sample_grid is None:
@@ -228,8 +225,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         paused = time.perf_counter()
         if t.sample_every and done % t.sample_every == 0 and done != t.num_steps:
             write_samples(done)
-        if fid_monitor is not None and done % config.eval.every == 0:
-            write_fid(done)
+        if monitor is not None and done % config.eval.every == 0:
+            write_eval(done)
         window_start += time.perf_counter() - paused  # Step times exclude the evaluations.
     manager.wait_until_finished()
     manager.close()

@@ -1,0 +1,23 @@
+"""The small-scale study of SiT vs REPA vs SARA on the generated shapes (docs/results/):
+the demo's run, evaluated along the way by the shapes data's own classifier.
+
+    python -m sara_jax.study --config=configs/shapes_study.py --workdir=runs/shapes_study \
+        --methods=none,repa,sara --seeds=0,1,2 --extra_arms=patch+struc@0,patch+adv@0
+
+The study command sets each arm's alignment terms (at the paper's weights) and seed; this file
+fixes what every arm shares. `fd` and `class_acc` are logged every `eval.every` steps on
+`eval.num_samples` samples of `eval.num_steps` sampler steps (fewer than the demo's preview
+grid: the curves compare methods, and the same budget holds for every arm).
+"""
+
+from configs import demo
+
+
+def get_config():
+    c = demo.get_config()
+    c.eval.every = 100
+    c.eval.featurizer = "shapes"
+    c.eval.num_samples = 1000
+    c.eval.num_steps = 20
+    c.sample.batch_size = 200
+    return c

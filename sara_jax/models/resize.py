@@ -99,7 +99,7 @@ def bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
     ATen computes them. ATen's compiled kernel fuses the multiply-subtract into one FMA, so
     the position is rounded to float32 once (float64 arithmetic on the exact float32
     operands reproduces that); rounding twice moves weights by up to ~1.5e-5. The result
-    equals torch 2.13's CPU weights bit for bit (tests/test_inception.py).
+    equals torch 2.13's CPU weights bit for bit (tests/parity/test_inception.py).
     """
     f32 = np.float32
     scale = f32(in_size) / f32(out_size)

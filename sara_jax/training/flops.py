@@ -5,7 +5,7 @@ What is counted (the usual MFU convention, as in PaLM's appendix B):
   attention's QK^T and AV, D's convolutions, the encoder's bicubic-resize matmuls and the
   structural loss's autocorrelations. Norms, softmax, activations, losses and the optimizer
   and EMA updates are elementwise and memory-bound; they are left out (XLA's own count, which
-  includes them, is 1-10% higher on the small models of tests/test_flops.py).
+  includes them, is 1-10% higher on the small models of tests/unit/test_flops.py).
 - The DiT paper's "Gflops" count a multiply-add as one (facebookresearch/DiT#14): its 118.6
   Gflops of a DiT-XL/2 forward pass are 237.2 GFLOPs here.
 - A trained network costs 3x its forward pass (the backward pass takes gradients with respect

@@ -3,9 +3,10 @@
 import jax
 import numpy as np
 import pytest
+from helpers import fake_featurize, symmetric_sqrtm
 
 from sara_jax import evaluate
-from sara_jax.evaluation import metrics
+from sara_jax.evaluation import inception, metrics
 from sara_jax.models.inception import FIDInceptionV3
 
 
@@ -27,7 +28,7 @@ def random_variables(model: FIDInceptionV3):
 def test_featurizer_gives_pool3_bias_free_logits_and_spatial_features():
     model = FIDInceptionV3()
     variables = random_variables(model)
-    featurize = evaluate.make_featurizer(model, variables, batch_size=8)
+    featurize = inception.make_featurizer(model, variables, batch_size=8)
     images = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     out = featurize(images)
     assert out["pool3"].shape == (3, 2048) and out["spatial"].shape == (3, 7 * 17 * 17)
@@ -35,23 +36,6 @@ def test_featurizer_gives_pool3_bias_free_logits_and_spatial_features():
     np.testing.assert_allclose(out["logits"], out["pool3"] @ kernel, rtol=1e-4, atol=1e-5)
     # Padding the last batch does not change a sample's features.
     np.testing.assert_allclose(featurize(images[:1])["pool3"], out["pool3"][:1], rtol=1e-5)
-
-
-def symmetric_sqrtm(a: np.ndarray) -> np.ndarray:
-    """sqrtm for the symmetric PSD products of a set with itself (scipy's takes ~20 s)."""
-    w, v = np.linalg.eigh((a + a.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-
-def fake_featurize(images: np.ndarray) -> dict[str, np.ndarray]:
-    """Deterministic per-image features of the real shapes, from the pixels."""
-    flat = images.reshape(len(images), -1).astype(np.float64) / 255
-    rng = np.random.default_rng(0)
-    return {
-        "pool3": flat @ rng.standard_normal((flat.shape[1], 2048)),
-        "logits": flat @ rng.standard_normal((flat.shape[1], 1008)),
-        "spatial": flat @ rng.standard_normal((flat.shape[1], 2023)),
-    }
 
 
 def test_a_set_against_itself(monkeypatch):

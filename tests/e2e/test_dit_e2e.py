@@ -1,17 +1,15 @@
-"""The DiT rows of Table 1a: the DiT network, its training step with SARA, its DDPM sampling."""
-
-import math
+"""The DiT rows of Table 1a on the tiny model: its hybrid loss, its training step with SARA,
+its denoiser, the Fig. 2 analysis and the sample job (the network and DDPM: unit/test_dit.py)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-import pytest
-from test_train_step import BATCH, global_batch, random_encoder, run_steps, tiny_config
+from helpers import BATCH, STEP
+from test_train_step_e2e import global_batch, random_encoder, run_steps
 
-from configs import dit_xl
 from sara_jax import analysis
-from sara_jax.config import set_alignment, sit_preset
+from sara_jax.config import set_alignment
 from sara_jax.encoders.registry import encoder_width
 from sara_jax.objective import diffusion
 from sara_jax.objective.family import make_objective
@@ -22,10 +20,6 @@ from sara_jax.training.state import build_models, create_train_state
 DIT = {"model.family": "dit", "sample.method": "ddpm"}
 
 
-def tiny_dit_config(**overrides):
-    return tiny_config(**DIT, **overrides)
-
-
 def init_dit(config):
     """The config's DiT module and its freshly initialised params."""
     sit = build_models(config, 16).sit
@@ -34,30 +28,8 @@ def init_dit(config):
     return sit, init(jax.random.key(0), x, jnp.zeros(1), jnp.zeros(1, jnp.int32))["params"]
 
 
-def param_count(config) -> tuple[int, dict]:
-    """Parameters of the config's DiT, from shapes alone (no memory is allocated)."""
-    m = config.model
-    sit = build_models(config, 768).sit
-    x = jax.ShapeDtypeStruct((1, m.input_size, m.input_size, m.in_channels), jnp.float32)
-    t = jax.ShapeDtypeStruct((1,), jnp.float32)
-    y = jax.ShapeDtypeStruct((1,), jnp.int32)
-    shapes = jax.eval_shape(sit.init, jax.random.key(0), x, t, y)["params"]
-    return sum(math.prod(s.shape) for s in jax.tree.leaves(shapes)), shapes
-
-
-# The DiT paper's Table 1 (the learned-sigma head adds p*p*C*(D+1), under 0.01%).
-@pytest.mark.parametrize("size,expected", [("B", 130e6), ("L", 458e6), ("XL", 675e6)])
-def test_published_dit_parameter_counts(size, expected):
-    config = dit_xl.get_config()
-    sit_preset(config, size)  # configs/dit_l.py and dit_xl.py hold L and XL (test_config.py)
-    count, shapes = param_count(config)
-    assert abs(count - expected) / expected < 0.005, count
-    # 2 x 2 patches of 2 x 4 channels: eps and the variance values.
-    assert shapes["final_layer"]["linear"]["kernel"].shape == (config.model.hidden_size, 32)
-
-
-def test_dit_generator_loss_is_the_hybrid_loss_at_the_integer_step():
-    config = tiny_dit_config()
+def test_dit_generator_loss_is_the_hybrid_loss_at_the_integer_step(tiny_config):
+    config = tiny_config(STEP, DIT)
     set_alignment(config, "none")
     models = build_models(config, 16)
     sit, sit_params = init_dit(config)
@@ -90,9 +62,9 @@ def test_dit_generator_loss_is_the_hybrid_loss_at_the_integer_step():
     np.testing.assert_allclose(terms["vlb"], expected_terms["vlb"], rtol=1e-6)
 
 
-def test_tiny_dit_with_sara_trains_on_eight_devices():
+def test_tiny_dit_with_sara_trains_on_eight_devices(tiny_config):
     assert jax.device_count() >= 8
-    config = tiny_dit_config()
+    config = tiny_config(STEP, DIT)
     states, metrics = run_steps(config, 8, 5)
     assert set(metrics[0]) == {
         "loss", "mse", "vlb", "patch", "struc", "adv", "disc_loss", "disc_acc_real",
@@ -125,64 +97,6 @@ def test_tiny_dit_with_sara_trains_on_eight_devices():
     assert terms_after["mse"] < terms_before["mse"]
 
 
-# Gaussian data x0 ~ N(MU, S^2) per dimension: q(x_{t-1} | x_t) is Gaussian, so a network
-# with the exact E[eps | x_t] and the exact reverse variance makes DDPM sample the data exactly.
-MU, S = 1.5, 0.5
-
-
-def exact_gaussian_model(full: diffusion.Schedule, spaced: diffusion.Schedule):
-    """(x, t, y) -> [E[eps | x_t], v] with v giving the exact reverse variance at step t."""
-    abar = full.alphas_cumprod[spaced.timesteps]
-    var_x0 = S**2 * (1 - abar) / (abar * S**2 + 1 - abar)  # Var[x0 | x_t]
-    reverse_var = spaced.posterior_variance + spaced.posterior_mean_coef1**2 * var_x0
-    low, high = spaced.posterior_log_variance_clipped, np.log(spaced.betas)
-    v = 2 * (np.log(reverse_var) - low) / (high - low) - 1
-    v[0] = 0.0  # The last step adds no noise; its variance is never used.
-    v_at, abar_at = np.zeros(len(full.betas)), np.ones(len(full.betas))
-    v_at[spaced.timesteps], abar_at[spaced.timesteps] = v, abar
-
-    def model_fn(x, t, y):
-        k = t.astype(jnp.int32)
-        a = jnp.asarray(abar_at, jnp.float32)[k][:, None, None, None]
-        eps = jnp.sqrt(1 - a) * (x - jnp.sqrt(a) * MU) / (a * S**2 + 1 - a)
-        v_t = jnp.asarray(v_at, jnp.float32)[k][:, None, None, None]
-        return jnp.concatenate([eps, jnp.broadcast_to(v_t, x.shape)], axis=-1)
-
-    return model_fn
-
-
-def test_ddpm_with_the_exact_eps_recovers_the_data_mean_and_std():
-    full = diffusion.linear_schedule(1000, 1e-4, 0.02)
-    spaced = diffusion.respace(full, 250)
-    noise = jax.random.normal(jax.random.key(1), (4096, 2, 2, 2))
-    model_fn = exact_gaussian_model(full, spaced)
-    draw = jax.jit(lambda z, key: ddpm.ddpm_sample(spaced, model_fn, z, None, key))
-    x0 = draw(noise, jax.random.key(2))
-    # 16384 values: the standard errors of mean and std are ~0.004 and ~0.003.
-    assert abs(float(x0.mean()) - MU) < 0.015
-    assert abs(float(x0.std()) - S) < 0.012
-
-
-NULL = 10
-
-
-def labelled_model(x, t, y):
-    """An 8-channel output (eps and v of C = 4) that is k * 3 for a class, k * 1 for the null."""
-    scale = jnp.where(y == NULL, 1.0, 3.0)[:, None, None, None]
-    return jnp.zeros(x.shape[:-1] + (8,)) + scale * jnp.arange(1.0, 9.0)
-
-
-def test_dit_guidance_acts_on_the_first_eps_channels_only():
-    x, t, y = jnp.zeros((2, 2, 2, 4)), jnp.full(2, 500.0), jnp.array([0, 7])
-    k = np.arange(1.0, 9.0)
-    guided = ddpm.guided_model(labelled_model, NULL, 2.0, 3)(x, t, y)
-    # w = 2: uncond + 2 (cond - uncond) = 5 k on channels 0-2; the conditional 3 k elsewhere.
-    np.testing.assert_allclose(guided[0, 0, 0], np.concatenate([5 * k[:3], 3 * k[3:]]))
-    all_eps = ddpm.guided_model(labelled_model, NULL, 2.0, 4)(x, t, y)
-    np.testing.assert_allclose(all_eps[1, 1, 1], np.concatenate([5 * k[:4], 3 * k[4:]]))
-    assert ddpm.guided_model(labelled_model, NULL, 1.0, 3) is labelled_model
-
-
 def randomized_dit(config):
     """A tiny DiT away from adaLN-Zero's init, so that labels and steps change its output."""
     sit, params = init_dit(config)
@@ -192,8 +106,8 @@ def randomized_dit(config):
     return sit, jax.tree.unflatten(treedef, noisy)
 
 
-def test_denoiser_is_ddpm_on_the_respaced_steps_and_scale_one_is_conditional():
-    config = tiny_dit_config(**{"sample.cfg_scale": 1.0})
+def test_denoiser_is_ddpm_on_the_respaced_steps_and_scale_one_is_conditional(tiny_config):
+    config = tiny_config(STEP, DIT, **{"sample.cfg_scale": 1.0})
     sit, params = randomized_dit(config)
     noise = jax.random.normal(jax.random.key(6), (4, 16, 16, 3))
     labels, key = jnp.array([0, 3, 5, 9]), jax.random.key(7)
@@ -225,14 +139,16 @@ def save_initial_state(config, workdir, step: int) -> None:
     manager.wait_until_finished()
 
 
-def test_fig2_representations_of_a_dit_see_its_integer_step(tmp_path, monkeypatch):
-    config = tiny_dit_config(
+def test_fig2_representations_of_a_dit_see_its_integer_step(tmp_path, monkeypatch, tiny_config):
+    config = tiny_config(
+        STEP,
+        DIT,
         **{
             "encoder.pretrain.steps": 2,
             "encoder.pretrain.num_examples": 64,
             "encoder.pretrain.batch_size": 32,
             "encoder.pretrain.cache_dir": str(tmp_path / "cache"),
-        }
+        },
     )
     save_initial_state(config, tmp_path, step=1)
     seen = []
@@ -254,15 +170,17 @@ def test_fig2_representations_of_a_dit_see_its_integer_step(tmp_path, monkeypatc
     assert seen[0].dtype == jnp.int32 and np.all(np.asarray(seen[0]) == 500)
 
 
-def test_sample_job_writes_the_evaluation_npz_for_a_dit(tmp_path):
-    config = tiny_dit_config(
+def test_sample_job_writes_the_evaluation_npz_for_a_dit(tmp_path, tiny_config):
+    config = tiny_config(
+        STEP,
+        DIT,
         **{
             "sample.num_samples": 10,
             "sample.batch_size": 8,
             "sample.num_steps": 4,
             "sample.labels": "balanced",
             "sample.cfg_scale": 1.5,
-        }
+        },
     )
     save_initial_state(config, tmp_path, step=3)
     path = sample_set.sample_set(config, str(tmp_path), 0, 1)

@@ -1,43 +1,23 @@
+"""The train step on the tiny model, compiled whole: sharding, the D schedule, the terms,
+gradients, EMA, accumulation, remat and non-finite batches (tens of seconds each)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import BATCH, STEP
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from configs import demo
 from sara_jax.config import set_alignment, validate
 from sara_jax.data.shapes import ShapesSource
 from sara_jax.encoders.preprocess import imagenet_normalize
 from sara_jax.models.dinov2 import DinoV2
 from sara_jax.objective import transport
-from sara_jax.objective.family import clean_input
 from sara_jax.objective.sara import generator_loss
 from sara_jax.training.state import build_models, create_train_state
 from sara_jax.training.step import data_mesh, make_train_step
-
-BATCH = 16
-
-
-def tiny_config(**overrides):
-    c = demo.get_config()
-    c.model.input_size = c.data.image_size = c.encoder.image_size = 16
-    c.model.depth, c.model.hidden_size, c.model.num_heads = 3, 32, 2
-    c.model.encoder_depth = 2
-    c.projector.width = 32
-    c.encoder.arch.embed_dim, c.encoder.arch.depth, c.encoder.arch.num_heads = 16, 1, 2
-    c.data.global_batch_size = BATCH
-    c.disc.every = 1
-    c.train.ema_decay = 0.9
-    for name, value in overrides.items():
-        node = c
-        *path, leaf = name.split(".")
-        for part in path:
-            node = node[part]
-        node[leaf] = value
-    validate(c)
-    return c
 
 
 def random_encoder():
@@ -80,13 +60,15 @@ def assert_trees_close(a, b, **tol):
 
 
 @pytest.mark.parametrize("bn_mode", ["frozen", "train"])
-def test_eight_devices_match_one_device(bn_mode):
+def test_eight_devices_match_one_device(bn_mode, tiny_config):
     assert jax.device_count() >= 8, (
         "tests expect XLA_FLAGS=--xla_force_host_platform_device_count=8"
     )
     # Adam with eps 1e-8 turns float reduction-order noise on near-zero gradients into
     # lr-sized steps; eps 1e-3 keeps the comparison about the sharding, not that amplification.
-    config = tiny_config(**{"disc.bn_mode": bn_mode, "optim.eps": 1e-3, "disc.optim.eps": 1e-3})
+    config = tiny_config(
+        STEP, **{"disc.bn_mode": bn_mode, "optim.eps": 1e-3, "disc.optim.eps": 1e-3}
+    )
     states1, metrics1 = run_steps(config, 1, 2)
     states8, metrics8 = run_steps(config, 8, 2)
     for m1, m8 in zip(metrics1, metrics8, strict=True):
@@ -97,8 +79,8 @@ def test_eight_devices_match_one_device(bn_mode):
 
 
 @pytest.mark.parametrize("disc_gate", ["mask", "cond"])
-def test_discriminator_updates_exactly_when_step_mod_every_is_zero(disc_gate):
-    config = tiny_config(**{"disc.every": 3})
+def test_discriminator_updates_exactly_when_step_mod_every_is_zero(disc_gate, tiny_config):
+    config = tiny_config(STEP, **{"disc.every": 3})
     states, _ = run_steps(config, 2, 5, disc_gate=disc_gate)
     for step in range(5):
         before, after = states[step], states[step + 1]
@@ -114,10 +96,10 @@ def test_discriminator_updates_exactly_when_step_mod_every_is_zero(disc_gate):
         )
 
 
-def test_discriminator_update_does_not_depend_on_gamma():
+def test_discriminator_update_does_not_depend_on_gamma(tiny_config):
     # During the warm-up gamma is 0 but D still learns, exactly as it would with gamma on.
-    with_adv, _ = run_steps(tiny_config(), 1, 1)
-    warmup, _ = run_steps(tiny_config(**{"loss.adv_warmup_steps": 1}), 1, 1)
+    with_adv, _ = run_steps(tiny_config(STEP), 1, 1)
+    warmup, _ = run_steps(tiny_config(STEP, **{"loss.adv_warmup_steps": 1}), 1, 1)
     assert_trees_close(with_adv[1].disc, warmup[1].disc, rtol=0, atol=0)
     assert not np.allclose(
         with_adv[1].params["projector"]["fc1"]["kernel"],
@@ -133,8 +115,8 @@ def test_discriminator_update_does_not_depend_on_gamma():
         ("none", {"velocity"}),  # A plain SiT: no encoder, projector or D.
     ],
 )
-def test_terms_switched_off_are_not_computed(terms, logged):
-    config = tiny_config()
+def test_terms_switched_off_are_not_computed(terms, logged, tiny_config):
+    config = tiny_config(STEP)
     set_alignment(config, terms)
     mesh = data_mesh(jax.devices()[:1])
     features, enc_params = random_encoder()
@@ -164,8 +146,8 @@ def test_terms_switched_off_are_not_computed(terms, logged):
     assert projector_moved == (terms != "none")
 
 
-def test_adversarial_gradient_reaches_sit_and_projector_only_through_h_den():
-    config = tiny_config()
+def test_adversarial_gradient_reaches_sit_and_projector_only_through_h_den(tiny_config):
+    config = tiny_config(STEP)
     features, enc_params = random_encoder()
     models = build_models(config, 16)
     state = create_train_state(config, models, 16, jax.random.key(0))
@@ -194,8 +176,8 @@ def test_adversarial_gradient_reaches_sit_and_projector_only_through_h_den():
     assert norm(g_disc["params"]) > 0  # ... which is why the step never applies it to D.
 
 
-def test_ema_and_metrics():
-    config = tiny_config()
+def test_ema_and_metrics(tiny_config):
+    config = tiny_config(STEP)
     states, metrics = run_steps(config, 1, 1)
     expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, states[0].ema_params, states[1].params)
     assert_trees_close(states[1].ema_params, expected, rtol=1e-6, atol=1e-7)
@@ -219,52 +201,36 @@ def test_ema_and_metrics():
     assert int(states[1].step) == 1
 
 
-def test_adversarial_warmup_switches_gamma_off():
-    warm, warm_metrics = run_steps(tiny_config(**{"loss.adv_warmup_steps": 1}), 1, 1)
-    off, off_metrics = run_steps(tiny_config(**{"loss.adv_weight": 0.0}), 1, 1)
+def test_adversarial_warmup_switches_gamma_off(tiny_config):
+    warm, warm_metrics = run_steps(tiny_config(STEP, **{"loss.adv_warmup_steps": 1}), 1, 1)
+    off, off_metrics = run_steps(tiny_config(STEP, **{"loss.adv_weight": 0.0}), 1, 1)
     # The same objective; gamma * L_adv with gamma = 0 only reorders float sums (a live L_adv
     # would move the params by ~lr = 5e-4).
     assert_trees_close(warm[1].params, off[1].params, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(warm_metrics[0]["loss"], off_metrics[0]["loss"], rtol=1e-7)
 
 
-def test_clean_input_pixel_and_latent():
-    c = tiny_config()
-    image = np.array([[[0, 255, 127]]], np.uint8)
-    np.testing.assert_allclose(
-        clean_input({"image": jnp.asarray(image)}, jax.random.key(0), c.data),
-        [[[-1.0, 1.0, 127 / 127.5 - 1]]],
-        atol=1e-7,
-    )
-    c.data.space = "latent"
-    mean, std = jnp.full((2, 2, 4), 0.5), jnp.full((2, 2, 4), 2.0)
-    key = jax.random.key(3)
-    z = clean_input({"latent_mean": mean, "latent_std": std}, key, c.data)
-    np.testing.assert_allclose(
-        z, (0.5 + 2.0 * jax.random.normal(key, (2, 2, 4))) * 0.18215, rtol=1e-6
-    )
-
-
-def test_gradient_accumulation_equals_one_full_batch():
+def test_gradient_accumulation_equals_one_full_batch(tiny_config):
     overrides = {"optim.eps": 1e-3, "disc.optim.eps": 1e-3}
-    full_states, full_metrics = run_steps(tiny_config(**overrides), 2, 1)
-    accum = tiny_config(**overrides, **{"train.grad_accum_steps": 2})
+    full_states, full_metrics = run_steps(tiny_config(STEP, overrides), 2, 1)
+    accum = tiny_config(STEP, overrides, **{"train.grad_accum_steps": 2})
     validate(accum, num_devices=2)
     accum_states, accum_metrics = run_steps(accum, 2, 1)
     assert_trees_close(full_metrics, accum_metrics, rtol=1e-4, atol=1e-6)
     assert_trees_close(full_states[-1], accum_states[-1], rtol=1e-4, atol=5e-5)
 
 
-def test_remat_gives_the_same_loss_and_update():
-    plain_states, plain_metrics = run_steps(tiny_config(), 1, 1)
-    remat_states, remat_metrics = run_steps(tiny_config(**{"model.remat": True}), 1, 1)
+def test_remat_gives_the_same_loss_and_update(tiny_config):
+    plain_states, plain_metrics = run_steps(tiny_config(STEP), 1, 1)
+    remat_states, remat_metrics = run_steps(tiny_config(STEP, **{"model.remat": True}), 1, 1)
     assert_trees_close(plain_metrics, remat_metrics, rtol=1e-6, atol=1e-7)
     assert_trees_close(plain_states[-1].params, remat_states[-1].params, rtol=1e-5, atol=1e-7)
 
 
-def latent_setup():
+def latent_setup(tiny_config):
     """A latent-space config (8x8x4 latents of 64x64 images, 16 tokens) and one batch."""
     c = tiny_config(
+        STEP,
         **{
             "data.space": "latent",
             "data.image_size": 64,
@@ -273,7 +239,7 @@ def latent_setup():
             "model.input_size": 8,
             "model.in_channels": 4,
             "model.patch_size": 2,
-        }
+        },
     )
     rng = np.random.default_rng(0)
     batch = {
@@ -285,10 +251,10 @@ def latent_setup():
     return c, batch
 
 
-def test_a_nan_in_the_batch_is_not_applied_and_is_named():
+def test_a_nan_in_the_batch_is_not_applied_and_is_named(tiny_config):
     from sara_jax.training.loop import check_finite
 
-    config, batch = latent_setup()
+    config, batch = latent_setup(tiny_config)
     batch["latent_mean"][3, 1, 2, 0] = np.nan
     mesh = data_mesh(jax.devices()[:2])
     module = DinoV2(patch_size=16, embed_dim=16, depth=1, num_heads=2, pos_grid=4)

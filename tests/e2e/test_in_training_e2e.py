@@ -1,44 +1,22 @@
-"""The in-training FID: the sample set it scores, its value, and the train loop's `fid` logs."""
+"""The in-training FID on the tiny model: the sample set it scores, its value, and the train
+loop's `fid` logs."""
 
 from pathlib import Path
 
 import jax
 import numpy as np
-import pytest
 import tensorflow as tf
-from test_evaluate import fake_featurize, symmetric_sqrtm
-from test_train_step import tiny_config
+from helpers import EVAL, STEP, fake_featurize, symmetric_sqrtm
 
-from sara_jax.config import validate
 from sara_jax.evaluation import in_training, metrics
 from sara_jax.sampling.sample_set import make_chunk_sampler
 from sara_jax.training import loop
 from sara_jax.training.state import build_models, create_train_state
 
 
-@pytest.mark.parametrize("num_samples, chunk, count", [(20, 4, 3), (8, 8, 1), (5, 2, 2)])
-def test_process_indices_cover_the_set_once_in_order(num_samples, chunk, count):
-    rows = [in_training.process_indices(num_samples, chunk, p, count) for p in range(count)]
-    assert len({r.shape for r in rows}) == 1 and rows[0].shape[1] == chunk
-    gathered = np.stack(rows).swapaxes(0, 1).reshape(-1)
-    np.testing.assert_array_equal(gathered[:num_samples], np.arange(num_samples))
-
-
-def eval_config(**overrides):
-    return tiny_config(
-        **{
-            "sample.batch_size": 8,
-            "sample.method": "sde",
-            "eval.num_samples": 12,
-            "eval.num_steps": 2,
-            **overrides,
-        }
-    )
-
-
-def test_fid_scores_exactly_the_samples_the_sample_job_draws(monkeypatch):
+def test_fid_scores_exactly_the_samples_the_sample_job_draws(monkeypatch, tiny_config):
     monkeypatch.setattr(metrics.linalg, "sqrtm", symmetric_sqrtm)
-    config = eval_config()
+    config = tiny_config(STEP, EVAL)
     models = build_models(config, 16)
     sit_params = create_train_state(config, models, 16, jax.random.key(0)).params["sit"]
     # Samples 0..11 as the sample job draws them, in two chunks.
@@ -60,13 +38,6 @@ def test_fid_scores_exactly_the_samples_the_sample_job_draws(monkeypatch):
     assert abs(own(sit_params)["fid"]) < 1e-4 * value  # 12 points in 2048-d: singular covariances
 
 
-def test_eval_needs_a_reference():
-    config = eval_config()
-    config.eval.every = 10
-    with pytest.raises(ValueError, match=r"config\.eval\.reference must be a path"):
-        validate(config)
-
-
 def scalars(workdir: Path, tag: str) -> dict[int, float]:
     """{step: value} of a scalar tag in the TensorBoard event files under workdir."""
     out = {}
@@ -78,10 +49,12 @@ def scalars(workdir: Path, tag: str) -> dict[int, float]:
     return out
 
 
-def test_the_train_loop_logs_fid_every_k_steps(tmp_path, monkeypatch):
+def test_the_train_loop_logs_fid_every_k_steps(tmp_path, monkeypatch, tiny_config):
     images = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
     np.savez(tmp_path / "reference.npz", arr_0=images)
-    config = eval_config(
+    config = tiny_config(
+        STEP,
+        EVAL,
         **{
             "eval.every": 2,
             "eval.reference": str(tmp_path / "reference.npz"),
@@ -95,7 +68,7 @@ def test_the_train_loop_logs_fid_every_k_steps(tmp_path, monkeypatch):
             # The hook does not depend on the objective: REPA's compiles faster.
             "loss.struc_weight": 0.0,
             "loss.adv_weight": 0.0,
-        }
+        },
     )
     monkeypatch.setattr(in_training, "inception_featurizer", lambda config: fake_featurize)
     loop.train_and_evaluate(config, str(tmp_path / "run"))

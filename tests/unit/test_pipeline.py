@@ -1,7 +1,6 @@
 """Tests for sara_jax.data.pipeline: sharded, shuffled, checkpointable batches."""
 
 import grain
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -188,14 +187,18 @@ def test_invalid_arguments_name_the_field(kwargs, field):
         make_train_iterator(_source(50), seed=0, **kwargs)
 
 
-def _data_config(source: str) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(
-        {"source": source, "num_examples": 40, "image_size": 16, "num_classes": 5, "seed": 7}
-    )
+# A 40-example, 5-class shapes source of 16-pixel images.
+SHAPES = {
+    "data.num_examples": 40,
+    "data.image_size": 16,
+    "encoder.image_size": 16,
+    "data.num_classes": 5,
+    "data.seed": 7,
+}
 
 
-def test_make_source_builds_shapes():
-    source = make_source(_data_config("shapes"))
+def test_make_source_builds_shapes(tiny_config):
+    source = make_source(tiny_config(SHAPES).data)
     assert isinstance(source, ShapesSource)
     assert len(source) == 40
     assert source[0]["image"].shape == (16, 16, 3)
@@ -205,6 +208,8 @@ def test_make_source_builds_shapes():
     assert {int(source[i]["label"]) for i in range(40)} == set(range(5))
 
 
-def test_make_source_rejects_unknown_sources():
+def test_make_source_rejects_unknown_sources(tiny_config):
+    data = tiny_config(SHAPES).data
+    data.source = "imagenet"  # After validation, which would reject it first.
     with pytest.raises(ValueError, match=r"data\.source.*shapes"):
-        make_source(_data_config("imagenet"))
+        make_source(data)

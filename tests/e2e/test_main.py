@@ -6,29 +6,23 @@ import sys
 
 import numpy as np
 import orbax.checkpoint as ocp
+from helpers import tiny_flags
 from PIL import Image
 from safetensors.numpy import save_file
 
-SMALL = [
-    "--config=configs/demo.py",
-    "--config.model.depth=2",
-    "--config.model.hidden_size=32",
-    "--config.model.num_heads=2",
-    "--config.model.encoder_depth=1",
-    "--config.projector.width=32",
-    "--config.encoder.arch.embed_dim=16",
-    "--config.encoder.arch.depth=1",
-    "--config.encoder.arch.num_heads=2",
-    "--config.encoder.pretrain.steps=5",
-    "--config.encoder.pretrain.num_examples=64",
-    "--config.encoder.pretrain.batch_size=32",
-    "--config.data.num_examples=640",
-    "--config.data.global_batch_size=16",
-    "--config.train.log_every=2",
-    "--config.train.checkpoint_every=3",
-    "--config.sample.num_steps=2",
-    "--config.sample.per_class=2",
-]
+SMALL = tiny_flags(
+    **{
+        "encoder.pretrain.steps": 5,
+        "encoder.pretrain.num_examples": 64,
+        "encoder.pretrain.batch_size": 32,
+        "data.num_examples": 640,
+        "data.global_batch_size": 16,
+        "train.log_every": 2,
+        "train.checkpoint_every": 3,
+        "sample.num_steps": 2,
+        "sample.per_class": 2,
+    }
+)
 
 
 def run_main(tmp_path, *flags, module: str = "sara_jax.main", devices: int = 8):

@@ -64,26 +64,3 @@ def test_plots_several_runs_with_fid(trained, tmp_path):
     for name in expected:
         with Image.open(out / name) as image:
             assert image.format == "PNG" and image.width >= 600 and image.height >= 400
-
-
-def test_labels_default_to_directory_names():
-    assert plot.run_labels(["runs/sit", "gs://b/runs/sara/"], []) == ["sit", "sara"]
-    with pytest.raises(ValueError, match="2 --workdirs"):
-        plot.run_labels(["a", "b"], ["only one"])
-    with pytest.raises(ValueError, match="distinct"):
-        plot.run_labels(["x/run", "y/run"], [])
-
-
-def test_errors_name_what_is_missing(tmp_path):
-    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
-        plot.read_scalars(str(tmp_path))
-    runs = {"a": {"loss": (np.array([1]), np.array([1.0]))}}
-    with pytest.raises(ValueError, match=r"found \['loss'\]"):
-        plot.plot_runs(runs, ["fid"], tmp_path)
-
-
-def test_smoothing_is_tensorboards():
-    np.testing.assert_allclose(plot.smooth(np.full(5, 3.0), 0.9), 3.0)
-    values = np.array([1.0, 3.0])
-    # Debiased EMA: the first point is kept; the second is (0.25 * 1 + 0.5 * 3) / (1 - 0.25).
-    np.testing.assert_allclose(plot.smooth(values, 0.5), [1.0, (0.25 * 1 + 0.5 * 3) / 0.75])

@@ -1,6 +1,6 @@
-"""Smoke tests of the benchmarks: a few steps of a shrunken demo config on 8 CPU devices."""
+"""Smoke tests of the benchmarks: a few steps of a shrunken demo config on 8 CPU devices (the
+--target errors: unit/test_benchmarks.py)."""
 
-import importlib.metadata
 import json
 import math
 import os
@@ -10,20 +10,12 @@ from pathlib import Path
 
 import jax
 import pytest
+from helpers import tiny_flags
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--config=configs/demo.py",
-    "--config.model.depth=1",
-    "--config.model.hidden_size=32",
-    "--config.model.num_heads=2",
-    "--config.model.encoder_depth=1",
-    "--config.projector.width=32",
-    "--config.encoder.arch.embed_dim=16",
-    "--config.encoder.arch.depth=1",
-    "--config.encoder.arch.num_heads=2",
-    "--config.disc.every=2",
-]
+ROOT = Path(__file__).resolve().parents[2]
+# The tiny model with one block and D every second step.
+BENCHMARK = {"model.depth": 1, "disc.every": 2}
+TINY = tiny_flags(**BENCHMARK)
 
 
 def run_benchmark(module: str, tmp_path: Path, *flags: str) -> dict:
@@ -87,18 +79,7 @@ def test_sample_benchmark(tmp_path):
     assert report["flops_per_image"] > 0 and report["mfu"] is None
 
 
-def tiny_config():
-    """configs/demo.py with the TINY overrides, in this process."""
-    from configs import demo
-
-    config = demo.get_config()
-    for flag in TINY[1:]:
-        name, value = flag.removeprefix("--config.").split("=")
-        config.update_from_flattened_dict({name: int(value)})
-    return config
-
-
-def test_compiling_from_shapes_builds_the_program_that_runs():
+def test_compiling_from_shapes_builds_the_program_that_runs(tiny_config):
     """--target's path (abstract state, batch and encoder, nothing computed) gives the same
     executable as the timed path, here both on the CPU mesh."""
     from benchmarks.train_step import benchmark
@@ -106,43 +87,9 @@ def test_compiling_from_shapes_builds_the_program_that_runs():
 
     mesh = data_mesh(jax.devices()[:2])
     runs = [
-        benchmark(tiny_config(), "sara", 4, mesh, 0, 0, None, None, ahead_of_time=aot)
+        benchmark(tiny_config(BENCHMARK), "sara", 4, mesh, 0, 0, None, None, ahead_of_time=aot)
         for aot in (False, True)
     ]
     for key in ("memory", "xla_flops_per_image", "flops_per_image", "cudnn_attention_calls"):
         assert runs[0][key] == runs[1][key], key
     assert runs[1]["memory"]["peak_in_use_gib"] is None and "step_ms" not in runs[1]
-
-
-def test_target_names_the_known_targets():
-    from benchmarks.train_step import target_devices
-
-    with pytest.raises(ValueError, match=r"--target=b200: no .*b200.textproto.*'h100_sxm'"):
-        target_devices("b200")
-
-
-def skip_if_installed(distribution: str) -> None:
-    """Skips a test of what happens without `distribution` where it is installed."""
-    try:
-        importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return
-    pytest.skip(f"{distribution} is installed here")
-
-
-def test_target_without_the_cuda_plugin_says_what_to_install():
-    from benchmarks.train_step import target_devices
-
-    skip_if_installed("jax-cuda12-plugin")
-    with pytest.raises(RuntimeError, match=rf"pip install jax-cuda12-plugin=={jax.__version__}"):
-        target_devices("h100_sxm")
-
-
-def test_tpu_target_without_libtpu_says_what_to_install():
-    from benchmarks.train_step import target_devices
-
-    skip_if_installed("libtpu")
-    with pytest.raises(RuntimeError, match=rf"pip install jax\[tpu\]=={jax.__version__}"):
-        target_devices("tpu:v5e:2x2")
-    with pytest.raises(ValueError, match="--target_memory_gib is for GPU targets"):
-        target_devices("tpu:v5e:2x2", memory_gib=16)

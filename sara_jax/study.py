@@ -25,17 +25,6 @@ from sara_jax.io import files
 from sara_jax.io.events import read_scalars
 from sara_jax.training import loop
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "The run every arm starts from.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "The study's directory (local or gs://).")
-_METHODS = flags.DEFINE_list("methods", ["none", "repa", "sara"], "Methods, run for every seed.")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the --methods arms.")
-_EXTRA = flags.DEFINE_list(
-    "extra_arms", [], "More arms as method@seed, e.g. patch+struc@0,patch+adv@0."
-)
-_METRICS = flags.DEFINE_list("metrics", ["fd", "class_acc"], "Logged tags to compare.")
-_TABLE_STEPS = flags.DEFINE_list("table_steps", [], "Steps of the table (default: all logged).")
-_AGGREGATE_ONLY = flags.DEFINE_bool("aggregate_only", False, "Run no arm; only aggregate.")
-
 
 def alignment_terms(method: str) -> str:
     """The `set_alignment` terms of a method name: a METHODS key or terms joined by '+'."""
@@ -80,17 +69,32 @@ def run_arm(config: ml_collections.ConfigDict, workdir: str, method: str, seed: 
     return True
 
 
+def define_flags() -> None:
+    """The command's flags; called only when run as a program, so that importing this module
+    (tests, other jobs) defines none."""
+    config_flags.DEFINE_config_file("config", None, "The run every arm starts from.")
+    flags.DEFINE_string("workdir", None, "The study's directory (local or gs://).")
+    flags.DEFINE_list("methods", ["none", "repa", "sara"], "Methods, run for every seed.")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the --methods arms.")
+    flags.DEFINE_list("extra_arms", [], "More arms as method@seed, e.g. patch+struc@0,patch+adv@0.")
+    flags.DEFINE_list("metrics", ["fd", "class_acc"], "Logged tags to compare.")
+    flags.DEFINE_list("table_steps", [], "Steps of the table (default: all logged).")
+    flags.DEFINE_bool("aggregate_only", False, "Run no arm; only aggregate.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    root = files.resolve(_WORKDIR.value)
-    chosen = arms(_METHODS.value, [int(s) for s in _SEEDS.value], _EXTRA.value)
+    f = flags.FLAGS
+    root = files.resolve(f.workdir)
+    chosen = arms(f.methods, [int(s) for s in f.seeds], f.extra_arms)
     for method, seed in chosen:  # Every arm's config is checked before any arm runs.
-        validate(arm_config(_CONFIG.value, method, seed))
-    if not _AGGREGATE_ONLY.value:
+        validate(arm_config(f.config, method, seed))
+    if not f.aggregate_only:
         for method, seed in chosen:
             run_arm(
-                arm_config(_CONFIG.value, method, seed),
+                arm_config(f.config, method, seed),
                 str(root / method / f"seed{seed}"),
                 method,
                 seed,
@@ -100,10 +104,10 @@ def main(argv: list[str]) -> None:
         workdir = root / method / f"seed{seed}"
         if workdir.exists():
             runs.setdefault(method, {})[seed] = read_scalars(str(workdir))
-    summary = study.aggregate(runs, _METRICS.value)
+    summary = study.aggregate(runs, f.metrics)
     out = root / "summary"
     written = study.plot(summary, out)
-    table_steps = [int(s) for s in _TABLE_STEPS.value]
+    table_steps = [int(s) for s in f.table_steps]
     files.write_text(out / "study.md", study.markdown(summary, table_steps or None))
     files.write_json(out / "study.json", summary)
     for path in [*written, out / "study.md", out / "study.json"]:
@@ -111,5 +115,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
+    define_flags()
     app.run(main)

@@ -11,7 +11,6 @@ without replacement from a seeded generator, so a run is a function of its argum
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import optax
 from absl import logging
 
 from sara_jax.encoders.preprocess import imagenet_normalize
+from sara_jax.io import files
 from sara_jax.models.dinov2 import DinoV2
 
 PyTree = Any
@@ -187,7 +187,5 @@ def pretrained_demo_vit(config: ml_collections.ConfigDict, source: Sequence[dict
     logging.info("demo encoder: pretraining (cached afterwards at %s)", path)
     params, _ = pretrain_demo_vit(config, source)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(flax.serialization.to_bytes(params))
-    os.replace(tmp, path)  # Atomic: a concurrent or interrupted run never reads half a file.
+    files.write_bytes(path, flax.serialization.to_bytes(params))
     return params

@@ -10,7 +10,6 @@ The weights are cached keyed by everything that determines them, as the demo enc
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,6 +24,7 @@ from absl import logging
 
 from sara_jax.data.shapes import ShapesSource
 from sara_jax.encoders.pretrain import classifier_accuracy, fit_classifier
+from sara_jax.io import files
 
 PyTree = Any
 # uint8 images (N, H, W, 3) -> {"features": (N, F), "logits": (N, classes)} numpy arrays.
@@ -132,9 +132,9 @@ def load_evaluator(
         logging.info("shapes evaluator: training (cached afterwards at %s)", path)
         params, accuracy = train_evaluator(shapes, data)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        tmp.write_bytes(flax.serialization.to_bytes({"params": params, "accuracy": accuracy}))
-        os.replace(tmp, path)  # A concurrent or interrupted run never reads half a file.
+        files.write_bytes(
+            path, flax.serialization.to_bytes({"params": params, "accuracy": accuracy})
+        )
     apply = jax.jit(lambda images: model.apply({"params": params}, images))
 
     def featurize(images: np.ndarray) -> dict[str, np.ndarray]:

@@ -31,6 +31,14 @@ def write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """`data` at `path` through a temporary name of this process's own, so concurrent writers
+    of the same file (two runs filling one cache) never mix their bytes."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 def write_json(path: Path, value: Any) -> None:
     """`value` as indented JSON at `path` (a pathlib or etils.epath Path)."""
     write_text(path, json.dumps(value, indent=2))

@@ -15,9 +15,8 @@ from configs import demo
 
 def get_config():
     c = demo.get_config()
+    c.train.num_steps = 500
     c.eval.every = 100
-    c.eval.featurizer = "shapes"
-    c.eval.num_samples = 1000
-    c.eval.num_steps = 20
-    c.sample.batch_size = 200
+    c.eval.num_samples = 500
+    c.eval.num_steps = 10
     return c

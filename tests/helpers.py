@@ -38,8 +38,16 @@ STEP = {
     "train.ema_decay": 0.9,
 }
 
-# The in-training FID's tests (with STEP): 12 samples drawn in chunks of 8, 2 SDE steps.
-EVAL = {"sample.batch_size": 8, "sample.method": "sde", "eval.num_samples": 12, "eval.num_steps": 2}
+# The in-training FID's tests (with STEP): 12 samples drawn in chunks of 8, 2 SDE steps; the
+# demo's own evaluation (shapes, every 500 steps) off until a test sets its eval.every.
+EVAL = {
+    "sample.batch_size": 8,
+    "sample.method": "sde",
+    "eval.every": 0,
+    "eval.featurizer": "inception",
+    "eval.num_samples": 12,
+    "eval.num_steps": 2,
+}
 
 # The demo encoder's pretraining tests: 32 wide, 60 steps on 512 of 1024 shapes.
 PRETRAIN = {

@@ -399,8 +399,8 @@ def _check_eval(c: ml_collections.ConfigDict) -> None:
     check(
         c,
         "eval.featurizer",
-        c.data.source == "shapes",
-        "'inception' unless data.source is 'shapes'",
+        not e.every or c.data.source == "shapes",
+        "'inception' unless data.source is 'shapes' (or eval.every 0)",
     )
     check(c, "eval.shapes.width", e.shapes.width % 8 == 0, "a multiple of 8 (GroupNorm's groups)")
     ok = e.shapes.batch_size <= e.shapes.num_train

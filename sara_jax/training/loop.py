@@ -162,16 +162,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     sample_grid = make_sampler(config, models.sit) if config.data.space == "pixel" else None
     sample_key = jax.random.fold_in(jax.random.key(config.seed), 1)
     preemption = Preemption(manager)
-    monitor = in_training.make_config_monitor(config) if config.eval.every else None
+    # Building a monitor may train an evaluator: only when an evaluation falls in this run.
+    evaluates = 0 < config.eval.every <= t.num_steps
+    monitor = in_training.make_config_monitor(config) if evaluates else None
 
-    def write_eval(step: int) -> None:
+    def write_eval(step: int) -> str:
         params = state.ema_params if config.sample.use_ema else state.params
         start = time.perf_counter()
         results = monitor(params["sit"])
         seconds = {f"{next(iter(results))}_seconds": time.perf_counter() - start}
         writer.write_scalars(step, {**results, **seconds})
         shown = ", ".join(f"{k} {v:.4f}" for k, v in results.items())
-        logging.info("step %d: %s (%d samples)", step, shown, config.eval.num_samples)
+        shown = f"step {step}: {shown} ({config.eval.num_samples} samples)"
+        logging.info("%s", shown)
+        return shown
 
     def write_samples(step: int) -> None:
         if sample_grid is None:
@@ -189,6 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             logging.info("step %d: wrote %s", step, workdir / "samples.png")
 
     history, previous, window_start = [], None, time.perf_counter()
+    evaluations = []  # Repeated at the end, so a run's last lines say how good it is.
     for step in range(int(state.step), t.num_steps):
         local = next(iterator)
         batch = {
@@ -226,11 +231,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if t.sample_every and done % t.sample_every == 0 and done != t.num_steps:
             write_samples(done)
         if monitor is not None and done % config.eval.every == 0:
-            write_eval(done)
+            evaluations.append(write_eval(done))
         window_start += time.perf_counter() - paused  # Step times exclude the evaluations.
     manager.wait_until_finished()
     manager.close()
     if int(state.step) == t.num_steps:
         write_samples(t.num_steps)
+    for line in evaluations:
+        logging.info("evaluation at %s", line)
     writer.flush()
     return state

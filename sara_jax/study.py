@@ -10,10 +10,14 @@ Then the logged evaluation curves of every arm are aggregated (`evaluation.study
 `<workdir>/summary/`: `<metric>.png`, `study.md` and `study.json`.
 
 A method is a key of `config.METHODS` ("none" is the plain SiT, "repa", "sara") or alignment
-terms joined by "+" ("patch+struc", "patch+adv": Table 2's combinations).
+terms joined by "+" ("patch+struc", "patch+adv": Table 2's combinations). A "+"-joined part
+`field=value` overrides that config field in the arm, for probes that change one thing:
+`sara+loss.struc_reduction=sum@0` is SARA with the sum reduction, in `<workdir>/<method>/seed0`.
 """
 
+import ast
 import json
+from typing import Any
 
 import ml_collections
 from absl import app, flags, logging
@@ -26,9 +30,32 @@ from sara_jax.io.events import read_scalars
 from sara_jax.training import loop
 
 
+def parse_method(method: str) -> tuple[str, dict[str, Any]]:
+    """A method name's `set_alignment` terms and config overrides.
+
+    Args:
+      method: parts joined by "+": METHODS keys, alignment terms, and `field=value` overrides
+        (the value read as a Python literal, else kept as a string).
+    Returns: (terms joined by ",", {dotted field: value}).
+    """
+    terms, overrides = [], {}
+    for part in method.split("+"):
+        field, sep, value = part.partition("=")
+        if not sep:
+            terms.append(METHODS.get(part, part))
+            continue
+        try:
+            overrides[field] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[field] = value
+    if not terms:
+        raise app.UsageError(f"method {method!r} names no alignment terms (e.g. sara+{method})")
+    return ",".join(terms), overrides
+
+
 def alignment_terms(method: str) -> str:
-    """The `set_alignment` terms of a method name: a METHODS key or terms joined by '+'."""
-    return METHODS.get(method, method.replace("+", ","))
+    """The `set_alignment` terms of a method name (see `parse_method`)."""
+    return parse_method(method)[0]
 
 
 def arms(methods: list[str], seeds: list[int], extra: list[str]) -> list[tuple[str, int]]:
@@ -42,30 +69,59 @@ def arms(methods: list[str], seeds: list[int], extra: list[str]) -> list[tuple[s
     return list(dict.fromkeys(grid))
 
 
+def thresholds(entries: list[str]) -> list[tuple[str, float]]:
+    """(metric, value) of each `--thresholds` entry "metric:value"."""
+    parsed = []
+    for entry in entries:
+        metric, _, value = entry.rpartition(":")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not metric or number is None:
+            raise app.UsageError(f"--thresholds entry {entry!r} must be metric:value")
+        parsed.append((metric, number))
+    return parsed
+
+
 def arm_config(
     base: ml_collections.ConfigDict, method: str, seed: int
 ) -> ml_collections.ConfigDict:
-    """`base` with the method's alignment terms at the paper's weights and `seed`."""
+    """`base` with the method's alignment terms at the paper's weights, then its overrides,
+    and `seed`."""
     config = base.copy_and_resolve_references()
-    set_alignment(config, alignment_terms(method))
+    terms, overrides = parse_method(method)
+    set_alignment(config, terms)
+    for field, value in overrides.items():
+        *parents, name = field.split(".")
+        node = config
+        for key in parents:
+            node = node.get(key) if isinstance(node, ml_collections.ConfigDict) else None
+        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+            raise app.UsageError(f"method {method!r}: no config field {field!r} to override")
+        try:
+            setattr(node, name, value)
+        except TypeError as e:
+            raise app.UsageError(f"method {method!r}: {field}={value!r}: {e}") from None
     config.seed = seed
     return config
 
 
 def run_arm(config: ml_collections.ConfigDict, workdir: str, method: str, seed: int) -> bool:
     """Trains one arm unless its `arm.json` says it reached `train.num_steps`; returns whether
-    it trained."""
+    the arm is complete (False: the run was preempted and saved a checkpoint to resume from)."""
     path = files.resolve(workdir)
     marker = path / "arm.json"
     if marker.exists() and json.loads(marker.read_text())["steps"] >= config.train.num_steps:
         logging.info("arm %s seed %d: finished earlier, skipped", method, seed)
-        return False
+        return True
     logging.info("arm %s seed %d: training in %s", method, seed, path)
     state = loop.train_and_evaluate(config, workdir)
     steps = int(state.step)
-    if steps == config.train.num_steps:
-        path.mkdir(parents=True, exist_ok=True)
-        files.write_json(marker, {"method": method, "seed": seed, "steps": steps})
+    if steps < config.train.num_steps:
+        return False
+    path.mkdir(parents=True, exist_ok=True)
+    files.write_json(marker, {"method": method, "seed": seed, "steps": steps})
     return True
 
 
@@ -79,7 +135,11 @@ def define_flags() -> None:
     flags.DEFINE_list("extra_arms", [], "More arms as method@seed, e.g. patch+struc@0,patch+adv@0.")
     flags.DEFINE_list("metrics", ["fd", "class_acc"], "Logged tags to compare.")
     flags.DEFINE_list("table_steps", [], "Steps of the table (default: all logged).")
+    flags.DEFINE_list(
+        "thresholds", [], "metric:value thresholds to time every method to, e.g. class_acc:0.4."
+    )
     flags.DEFINE_bool("aggregate_only", False, "Run no arm; only aggregate.")
+    flags.DEFINE_string("out", None, "Where the summary goes (default <workdir>/summary).")
     flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -89,23 +149,25 @@ def main(argv: list[str]) -> None:
     f = flags.FLAGS
     root = files.resolve(f.workdir)
     chosen = arms(f.methods, [int(s) for s in f.seeds], f.extra_arms)
+    chosen_thresholds = thresholds(f.thresholds)
     for method, seed in chosen:  # Every arm's config is checked before any arm runs.
         validate(arm_config(f.config, method, seed))
     if not f.aggregate_only:
         for method, seed in chosen:
-            run_arm(
-                arm_config(f.config, method, seed),
-                str(root / method / f"seed{seed}"),
-                method,
-                seed,
-            )
+            workdir = str(root / method / f"seed{seed}")
+            if not run_arm(arm_config(f.config, method, seed), workdir, method, seed):
+                # A preempted study stops: the next arm would not get the time either.
+                logging.warning(
+                    "arm %s seed %d preempted; stopping the study (re-run to resume)", method, seed
+                )
+                return
     runs: dict[str, dict[int, dict]] = {}
     for method, seed in chosen:
         workdir = root / method / f"seed{seed}"
         if workdir.exists():
             runs.setdefault(method, {})[seed] = read_scalars(str(workdir))
-    summary = study.aggregate(runs, f.metrics)
-    out = root / "summary"
+    summary = study.aggregate(runs, f.metrics, thresholds=chosen_thresholds)
+    out = files.resolve(f.out) if f.out else root / "summary"
     written = study.plot(summary, out)
     table_steps = [int(s) for s in f.table_steps]
     files.write_text(out / "study.md", study.markdown(summary, table_steps or None))

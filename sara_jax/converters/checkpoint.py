@@ -5,9 +5,11 @@ safetensors files are read with numpy alone, so converting Hugging Face checkpoi
 torch; only pickled torch files (.pth, .bin, .pt) do.
 """
 
+import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -94,24 +96,41 @@ def resolve(source: str, field: str) -> Path:
     )
 
 
-def _read_torch(path: Path) -> StateDict:
+def read_torch_file(path: Path) -> Any:
+    """Everything a torch.save file holds, with each tensor as a numpy array (floating ones as
+    float32) inside the same dicts, lists and tuples.
+
+    Loading stays safe (`weights_only=True`); the one class allowed besides tensors and plain
+    containers is argparse.Namespace, which REPA's train.py saves as `args`.
+    """
     try:
         import torch
     except ImportError as e:
         raise ImportError(
-            f"reading the pickled torch checkpoint {path} needs torch (the CPU wheel is enough); "
-            "or use a .safetensors file"
+            f"reading the pickled torch checkpoint {path} needs torch (the CPU wheel is enough: "
+            "`pip install -e .[convert]`); or use a .safetensors file"
         ) from e
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+
+    def to_numpy(obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return (obj.float() if obj.is_floating_point() else obj).numpy()
+        if isinstance(obj, dict):
+            return {k: to_numpy(v) for k, v in obj.items()}
+        if isinstance(obj, list | tuple):
+            return type(obj)(to_numpy(v) for v in obj)
+        return obj
+
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return to_numpy(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def _read_torch(path: Path) -> StateDict:
+    obj = read_torch_file(path)
     # Training checkpoints wrap the weights (MAE: {"model": ...}; MoCo: {"state_dict": ...}).
     for wrapper in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
-    return {
-        k: (v.float() if v.is_floating_point() else v).numpy()
-        for k, v in obj.items()
-        if isinstance(v, torch.Tensor)
-    }
+    return {k: v for k, v in obj.items() if isinstance(v, np.ndarray)}
 
 
 def read_state_dict(path: Path) -> StateDict:

@@ -1,9 +1,12 @@
 """Comparing training recipes by their logged evaluation curves: mean and spread over seeds,
-a table at fixed steps, and how many steps each method takes to reach a baseline's final value.
+a table at fixed steps, and how many steps each method takes to reach a threshold.
 
-The speed-up is the paper's "2x faster" read off curves: for a pair (baseline, method), the
-threshold is the baseline's final mean value of a metric; the ratio is the steps the baseline
-needed to reach it over the steps the method needed (> 1: the method is faster).
+The speed-up is the paper's "2x faster" read off curves: for a pair (baseline, method) and a
+threshold, the ratio is the steps the baseline needed to reach it over the steps the method
+needed (> 1: the method is faster). Steps to reach are interpolated linearly between evaluated
+steps, so that curves evaluated every few hundred steps still resolve differences smaller than
+the spacing. The thresholds are the baseline's final mean value (where a threshold on a plateau
+says little) and any chosen ones: a value mid-way up the curves is where methods differ.
 """
 
 from collections.abc import Sequence
@@ -21,8 +24,9 @@ LABELS = {"none": "SiT", "repa": "REPA", "sara": "SARA"}
 
 
 def label(method: str) -> str:
-    """The name a method goes by in tables and legends ("none" is the plain SiT)."""
-    return LABELS.get(method, method)
+    """The name a method goes by in tables and legends ("none" is the plain SiT; a probe
+    "sara+loss.struc_weight=0.1" is "SARA+loss.struc_weight=0.1")."""
+    return "+".join(LABELS.get(part, part) for part in method.split("+"))
 
 
 def seed_curves(runs: dict[int, Scalars], metric: str) -> dict[str, Any] | None:
@@ -51,11 +55,22 @@ def seed_curves(runs: dict[int, Scalars], metric: str) -> dict[str, Any] | None:
 
 def steps_to_reach(
     steps: Sequence[int], values: Sequence[float], threshold: float, higher_is_better: bool
-) -> int | None:
-    """The first logged step whose value is at least as good as `threshold`, or None."""
+) -> float | None:
+    """The step at which a curve first reaches `threshold` (at least as good), interpolated
+    linearly between the logged steps around the crossing; None if it never does.
+
+    Args:
+      steps: logged steps, increasing. values: the metric at those steps.
+    """
+    sign = 1.0 if higher_is_better else -1.0
+    previous = None
     for step, value in zip(steps, values, strict=True):
-        if (value >= threshold) if higher_is_better else (value <= threshold):
-            return int(step)
+        if sign * (value - threshold) >= 0:
+            if previous is None or value == previous[1]:
+                return float(step)
+            (s0, v0), (s1, v1) = previous, (step, value)
+            return s0 + (threshold - v0) / (v1 - v0) * (s1 - s0)
+        previous = (step, value)
     return None
 
 
@@ -65,10 +80,22 @@ def default_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
     return list(zip(order[:-1], order[1:], strict=True))
 
 
+def reach(curve: dict[str, Any], threshold: float, higher_is_better: bool) -> dict[str, Any]:
+    """Steps a `seed_curves` entry takes to reach `threshold`: on its mean curve and per seed."""
+    return {
+        "steps": steps_to_reach(curve["steps"], curve["mean"], threshold, higher_is_better),
+        "per_seed": [
+            steps_to_reach(curve["steps"], values, threshold, higher_is_better)
+            for values in curve["per_seed"]
+        ],
+    }
+
+
 def aggregate(
     runs: dict[str, dict[int, Scalars]],
     metrics: Sequence[str],
     pairs: Sequence[tuple[str, str]] | None = None,
+    thresholds: Sequence[tuple[str, float]] = (),
 ) -> dict[str, Any]:
     """The study's summary, JSON-ready.
 
@@ -76,41 +103,54 @@ def aggregate(
       runs: method -> seed -> scalars of that arm.
       metrics: the evaluation tags to compare (e.g. "fd", "class_acc" or "fid").
       pairs: (baseline, method) pairs for speed-ups; default `default_pairs`.
-    Returns: {"curves": metric -> method -> `seed_curves`, "speedups": a row per pair and
-      metric: threshold, the baseline's and the method's steps to it (on mean curves and per
-      seed) and their ratio}.
+      thresholds: chosen (metric, value) thresholds, besides each baseline's final value.
+    Returns: {"curves": metric -> method -> `seed_curves`,
+      "reach": a row per chosen threshold and method: its steps to reach it (`reach`),
+      "speedups": a row per pair, metric and threshold (the baseline's final mean value, then
+      the chosen ones): the baseline's and the method's steps to it and their ratio}.
     """
     pairs = default_pairs(list(runs)) if pairs is None else pairs
     curves = {
         metric: {m: c for m in runs if (c := seed_curves(runs[m], metric)) is not None}
         for metric in metrics
     }
-    speedups = []
+    rows, speedups = [], []
+    for metric, value in thresholds:
+        higher = metric in HIGHER_IS_BETTER
+        for method, c in curves.get(metric, {}).items():
+            rows.append(
+                {"metric": metric, "threshold": value, "method": method, **reach(c, value, higher)}
+            )
     for metric, by_method in curves.items():
         higher = metric in HIGHER_IS_BETTER
         for baseline, method in pairs:
             if baseline not in by_method or method not in by_method:
                 continue
             base, other = by_method[baseline], by_method[method]
-            threshold = base["mean"][-1]
-            base_steps = steps_to_reach(base["steps"], base["mean"], threshold, higher)
-            method_steps = steps_to_reach(other["steps"], other["mean"], threshold, higher)
-            speedups.append(
-                {
-                    "metric": metric,
-                    "baseline": baseline,
-                    "method": method,
-                    "threshold": threshold,
-                    "baseline_steps": base_steps,
-                    "method_steps": method_steps,
-                    "method_steps_per_seed": [
-                        steps_to_reach(other["steps"], values, threshold, higher)
-                        for values in other["per_seed"]
-                    ],
-                    "ratio": base_steps / method_steps if method_steps else None,
-                }
-            )
-    return {"curves": curves, "speedups": speedups}
+            chosen = [(v, "chosen") for m, v in thresholds if m == metric]
+            for threshold, source in [(base["mean"][-1], "baseline final"), *chosen]:
+                base_steps = reach(base, threshold, higher)["steps"]
+                method_reach = reach(other, threshold, higher)
+                speedups.append(
+                    {
+                        "metric": metric,
+                        "baseline": baseline,
+                        "method": method,
+                        "threshold": threshold,
+                        "threshold_from": source,
+                        "baseline_steps": base_steps,
+                        "method_steps": method_reach["steps"],
+                        "method_steps_per_seed": method_reach["per_seed"],
+                        "ratio": base_steps / method_reach["steps"]
+                        if base_steps and method_reach["steps"]
+                        else None,
+                    }
+                )
+    return {"curves": curves, "reach": rows, "speedups": speedups}
+
+
+def _steps(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def markdown(summary: dict[str, Any], table_steps: Sequence[int] | None = None) -> str:
@@ -131,20 +171,37 @@ def markdown(summary: dict[str, Any], table_steps: Sequence[int] | None = None) 
             cells = [f"{at[s][0]:.4g} +- {at[s][1]:.2g}" if s in at else "-" for s in steps]
             lines.append(f"| {label(method)} | {len(c['seeds'])} | " + " | ".join(cells) + " |")
         lines.append("")
+    if summary["reach"]:
+        lines += [
+            "### Steps to reach a threshold (interpolated between evaluated steps)",
+            "",
+            "| metric | threshold | method | seeds | mean curve | per seed |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in summary["reach"]:
+            seeds = len(r["per_seed"])
+            per_seed = ", ".join(_steps(v) for v in r["per_seed"])
+            lines.append(
+                f"| {r['metric']} | {r['threshold']:.4g} | {label(r['method'])} | {seeds} "
+                f"| {_steps(r['steps'])} | {per_seed} |"
+            )
+        lines.append("")
     if summary["speedups"]:
         lines += [
-            "### Steps to reach the baseline's final value (mean curves)",
+            "### Speed-ups: steps the baseline needs over steps the method needs (mean curves)",
             "",
-            "| metric | baseline | method | threshold | baseline steps | method steps "
-            "| per seed | speed-up |",
+            "| metric | threshold | baseline | method | baseline steps | method steps "
+            "| method per seed | speed-up |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in summary["speedups"]:
             ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "not reached"
+            threshold = f"{r['threshold']:.4g} ({r['threshold_from']})"
+            per_seed = ", ".join(_steps(v) for v in r["method_steps_per_seed"])
             lines.append(
-                f"| {r['metric']} | {label(r['baseline'])} | {label(r['method'])} "
-                f"| {r['threshold']:.4g} | {r['baseline_steps']} | {r['method_steps'] or '-'} "
-                f"| {r['method_steps_per_seed']} | {ratio} |"
+                f"| {r['metric']} | {threshold} | {label(r['baseline'])} | {label(r['method'])} "
+                f"| {_steps(r['baseline_steps'])} | {_steps(r['method_steps'])} "
+                f"| {per_seed} | {ratio} |"
             )
         lines.append("")
     return "\n".join(lines)

@@ -48,12 +48,11 @@ def make_denoiser(
 
         return denoise_ddpm
 
-    interval = (s.guidance_low, s.guidance_high)
+    guidance = samplers.Guidance(
+        config.model.num_classes, s.cfg_scale, (s.guidance_low, s.guidance_high)
+    )
 
     def denoise(params: PyTree, noise: jax.Array, labels: jax.Array, key: jax.Array) -> jax.Array:
-        guided = samplers.guided_velocity(
-            network(params), config.model.num_classes, s.cfg_scale, interval
-        )
-        return samplers.sample(s.method, guided, noise, labels, steps, key)
+        return samplers.sample(s.method, network(params), noise, labels, steps, key, guidance)
 
     return denoise

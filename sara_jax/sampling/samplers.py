@@ -7,18 +7,71 @@
   x = (1 - t) x0 + t eps and v = eps - x0); x += d dt + sqrt(w |dt|) z, and the last step
   0.04 -> 0 is the deterministic drift alone.
 
-Classifier-free guidance (`guided_velocity`) acts on the velocity; the SDE drift is affine in v
-with weights summing to one, so this is the same as guiding the drift, as REPA does.
+Classifier-free guidance (`Guidance`) acts on the velocity; the SDE drift is affine in v with
+weights summing to one, so this is the same as guiding the drift, as REPA does. Which steps are
+guided is decided before sampling, on the host, exactly as REPA's loop decides it: on its
+float64 time grid (`time_grid`), by the step's current time (Heun's corrector included). A
+float32 grid would read 0.7 as 0.70000005 at 50, 100 or 200 steps and leave that step unguided.
+The jitted loop takes the pattern as a constant (`scan_steps`), and an unguided step evaluates a
+batch of B, a guided one 2B.
 """
 
 from collections.abc import Callable
+from fractions import Fraction
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 VelocityFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 SDE_LAST_T = 0.04  # REPA's last stochastic time; from there one deterministic step to 0.
+
+
+class Guidance(NamedTuple):
+    """Classifier-free guidance v_uncond + scale (v_cond - v_uncond) at the steps whose time t
+    has low <= t <= high (`interval`); scale 1 is no guidance (and no extra evaluation)."""
+
+    null_label: int
+    scale: float = 1.0
+    interval: tuple[float, float] = (0.0, 1.0)
+
+
+def linspace(start: float, end: float, num: int) -> np.ndarray:
+    """`num` float64 points from `start` to `end`, as torch.linspace computes them on a CPU:
+    start + step i for the first half, end - step (num - 1 - i) for the rest, each rounded once
+    (its kernel's fused multiply-add; done here in exact rationals), so that REPA's grid is
+    matched to the bit."""
+    if num == 1:
+        return np.array([start], np.float64)
+    step = Fraction((end - start) / (num - 1))
+    first, last = Fraction(start), Fraction(end)
+    points = [first + step * i if i < num // 2 else last - step * (num - 1 - i) for i in range(num)]
+    return np.array([float(p) for p in points], np.float64)
+
+
+def time_grid(method: str, num_steps: int) -> np.ndarray:
+    """The float64 times of a sampler: (num_steps + 1,), from 1 down to 0.
+
+    The ODEs step through linspace(1, 0, num_steps + 1); the SDE through
+    linspace(1, 0.04, num_steps) and then to 0.
+    """
+    if method == "sde":
+        return np.append(linspace(1.0, SDE_LAST_T, num_steps), 0.0)
+    return linspace(1.0, 0.0, num_steps + 1)
+
+
+def guided_steps(times: np.ndarray, guidance: Guidance | None) -> np.ndarray:
+    """Whether each step times[i] -> times[i + 1] is guided: (len(times) - 1,) bool.
+
+    REPA's test, in float64 on the host: scale != 1 and low <= times[i] <= high. The step's
+    current time decides for Heun's corrector too.
+    """
+    if guidance is None or guidance.scale == 1.0:
+        return np.zeros(len(times) - 1, bool)
+    low, high = guidance.interval
+    return (times[:-1] >= low) & (times[:-1] <= high)
 
 
 def conditional_and_unconditional(
@@ -40,30 +93,45 @@ def conditional_and_unconditional(
     return tuple(jnp.split(out, 2))
 
 
-def guided_velocity(
-    velocity_fn: VelocityFn,
-    null_label: int,
-    cfg_scale: float,
-    interval: tuple[float, float] = (0.0, 1.0),
-) -> VelocityFn:
-    """Classifier-free guidance v_uncond + w (v_cond - v_uncond) where low <= t <= high.
+def guided_velocity(velocity_fn: VelocityFn, guidance: Guidance) -> VelocityFn:
+    """The guided velocity v_uncond + w (v_cond - v_uncond), from one call on 2B.
 
     Args:
       velocity_fn: (x (B, H, W, C), t (B,), y (B,)) -> v (B, H, W, C).
-      null_label: the label of the unconditional model.
-      cfg_scale: w; 1 is no guidance (and costs no extra evaluation).
-      interval: (low, high) guidance interval; outside it the conditional velocity is used.
     """
-    if cfg_scale == 1.0:
-        return velocity_fn
-    low, high = interval
 
     def guided(x: jax.Array, t: jax.Array, y: jax.Array) -> jax.Array:
-        v_cond, v_uncond = conditional_and_unconditional(velocity_fn, x, t, y, null_label)
-        inside = ((t >= low) & (t <= high)).reshape((-1,) + (1,) * (x.ndim - 1))
-        return jnp.where(inside, v_uncond + cfg_scale * (v_cond - v_uncond), v_cond)
+        v_cond, v_uncond = conditional_and_unconditional(velocity_fn, x, t, y, guidance.null_label)
+        return v_uncond + guidance.scale * (v_cond - v_uncond)
 
     return guided
+
+
+def scan_steps(
+    step: Callable[[jax.Array, jax.Array, bool], jax.Array],
+    x: jax.Array,
+    pattern: np.ndarray,
+) -> jax.Array:
+    """x after `step(x, i, guided)` for i = 0 .. len(pattern) - 1, guided = pattern[i].
+
+    Each run of steps with the same `pattern` value is one `lax.scan` whose `guided` is a
+    Python constant, so an unguided step traces and runs a batch of B and a guided one 2B,
+    with no branch in the loop (XLA's CPU convolutions, the SiT's patch embedding among them,
+    are much slower inside a conditional).
+    """
+    i = 0
+    while i < len(pattern):
+        end = i + 1
+        while end < len(pattern) and pattern[end] == pattern[i]:
+            end += 1
+        guided = bool(pattern[i])
+        x, _ = jax.lax.scan(lambda x, k, g=guided: (step(x, k, g), None), x, jnp.arange(i, end))
+        i = end
+    return x
+
+
+def _chosen(velocity_fn: VelocityFn, guidance: Guidance | None, guided: bool) -> VelocityFn:
+    return guided_velocity(velocity_fn, guidance) if guided else velocity_fn
 
 
 def _velocity(velocity_fn: VelocityFn, x: jax.Array, t: jax.Array, labels: jax.Array):
@@ -71,46 +139,56 @@ def _velocity(velocity_fn: VelocityFn, x: jax.Array, t: jax.Array, labels: jax.A
 
 
 def euler_ode(
-    velocity_fn: VelocityFn, noise: jax.Array, labels: jax.Array, num_steps: int
+    velocity_fn: VelocityFn,
+    noise: jax.Array,
+    labels: jax.Array,
+    num_steps: int,
+    guidance: Guidance | None = None,
 ) -> jax.Array:
     """Euler steps of the ODE on t = linspace(1, 0, num_steps + 1).
 
     Args:
-      noise: (B, H, W, C) x at t = 1; labels: (B,).
+      velocity_fn: (x (B, H, W, C), t (B,), y (B,)) -> v, unguided.
+      noise: (B, H, W, C) x at t = 1; labels: (B,); guidance: None for none.
     Returns: (B, H, W, C) x at t = 0.
     """
-    times = jnp.linspace(1.0, 0.0, num_steps + 1)
+    grid = time_grid("euler", num_steps)
+    times = jnp.asarray(grid, noise.dtype)
 
-    def step(x: jax.Array, i: jax.Array) -> tuple[jax.Array, None]:
+    def step(x: jax.Array, i: jax.Array, guided: bool) -> jax.Array:
         t, t_next = times[i], times[i + 1]
-        return x + (t_next - t) * _velocity(velocity_fn, x, t, labels), None
+        return x + (t_next - t) * _velocity(_chosen(velocity_fn, guidance, guided), x, t, labels)
 
-    x, _ = jax.lax.scan(step, noise, jnp.arange(num_steps))
-    return x
+    return scan_steps(step, noise, guided_steps(grid, guidance))
 
 
 def heun_ode(
-    velocity_fn: VelocityFn, noise: jax.Array, labels: jax.Array, num_steps: int
+    velocity_fn: VelocityFn,
+    noise: jax.Array,
+    labels: jax.Array,
+    num_steps: int,
+    guidance: Guidance | None = None,
 ) -> jax.Array:
     """Heun's method on t = linspace(1, 0, num_steps + 1); the last step is plain Euler.
 
-    Costs 2 num_steps - 1 velocity evaluations. Shapes as `euler_ode`.
+    Costs 2 num_steps - 1 velocity evaluations; the corrector is guided where its step is.
+    Arguments and shapes as `euler_ode`.
     """
-    times = jnp.linspace(1.0, 0.0, num_steps + 1)
+    grid = time_grid("heun", num_steps)
+    times = jnp.asarray(grid, noise.dtype)
+    pattern = guided_steps(grid, guidance)
 
-    def step(x: jax.Array, i: jax.Array) -> tuple[jax.Array, None]:
+    def step(x: jax.Array, i: jax.Array, guided: bool, correct: bool = True) -> jax.Array:
+        velocity = _chosen(velocity_fn, guidance, guided)
         t, t_next = times[i], times[i + 1]
-        v = _velocity(velocity_fn, x, t, labels)
+        v = _velocity(velocity, x, t, labels)
         euler = x + (t_next - t) * v
+        if not correct:
+            return euler
+        return x + (t_next - t) * 0.5 * (v + _velocity(velocity, euler, t_next, labels))
 
-        def corrected() -> jax.Array:
-            v_next = _velocity(velocity_fn, euler, t_next, labels)
-            return x + (t_next - t) * 0.5 * (v + v_next)
-
-        return jax.lax.cond(i < num_steps - 1, corrected, lambda: euler), None
-
-    x, _ = jax.lax.scan(step, noise, jnp.arange(num_steps))
-    return x
+    x = scan_steps(step, noise, pattern[:-1])
+    return step(x, jnp.asarray(num_steps - 1), bool(pattern[-1]), correct=False)
 
 
 def sde_drift(v: jax.Array, x: jax.Array, t: jax.Array) -> jax.Array:
@@ -125,25 +203,31 @@ def euler_maruyama_sde(
     labels: jax.Array,
     num_steps: int,
     key: jax.Array,
+    guidance: Guidance | None = None,
 ) -> jax.Array:
     """Euler-Maruyama on t = [linspace(1, 0.04, num_steps), 0] (num_steps velocity calls).
 
     Args:
-      noise: (B, H, W, C) x at t = 1; labels: (B,); key: PRNG key of the step noise.
+      velocity_fn, labels, guidance: as `euler_ode`.
+      noise: (B, H, W, C) x at t = 1; key: PRNG key of the step noise.
     Returns: (B, H, W, C) x at t = 0.
     """
-    times = jnp.append(jnp.linspace(1.0, SDE_LAST_T, num_steps), 0.0)
+    grid = time_grid("sde", num_steps)
+    times = jnp.asarray(grid, noise.dtype)
+    pattern = guided_steps(grid, guidance)
 
-    def step(x: jax.Array, i: jax.Array) -> tuple[jax.Array, None]:
+    def drift(x: jax.Array, t: jax.Array, guided: bool) -> jax.Array:
+        return sde_drift(_velocity(_chosen(velocity_fn, guidance, guided), x, t, labels), x, t)
+
+    def step(x: jax.Array, i: jax.Array, guided: bool) -> jax.Array:
         t, t_next = times[i], times[i + 1]
         dt = t_next - t
-        drift = sde_drift(_velocity(velocity_fn, x, t, labels), x, t)
         z = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
-        return x + drift * dt + jnp.sqrt(2.0 * t * jnp.abs(dt)) * z, None
+        return x + drift(x, t, guided) * dt + jnp.sqrt(2.0 * t * jnp.abs(dt)) * z
 
-    x, _ = jax.lax.scan(step, noise, jnp.arange(num_steps - 1))
+    x = scan_steps(step, noise, pattern[:-1])
     t = times[num_steps - 1]
-    return x + (0.0 - t) * sde_drift(_velocity(velocity_fn, x, t, labels), x, t)
+    return x + (0.0 - t) * drift(x, t, bool(pattern[-1]))
 
 
 SAMPLERS = ("sde", "euler", "heun")
@@ -163,12 +247,13 @@ def sample(
     labels: jax.Array,
     num_steps: int,
     key: jax.Array,
+    guidance: Guidance | None = None,
 ) -> jax.Array:
     """x at t = 0 from `noise` at t = 1 with the named sampler ("sde", "euler" or "heun")."""
     if method == "sde":
-        return euler_maruyama_sde(velocity_fn, noise, labels, num_steps, key)
+        return euler_maruyama_sde(velocity_fn, noise, labels, num_steps, key, guidance)
     if method == "euler":
-        return euler_ode(velocity_fn, noise, labels, num_steps)
+        return euler_ode(velocity_fn, noise, labels, num_steps, guidance)
     if method == "heun":
-        return heun_ode(velocity_fn, noise, labels, num_steps)
+        return heun_ode(velocity_fn, noise, labels, num_steps, guidance)
     raise ValueError(f"sampler must be one of {SAMPLERS}, got {method!r}")

@@ -22,6 +22,7 @@ MFU divides the achieved FLOP/s by the device's dense bf16 peak, `PEAK_BF16_TFLO
 import math
 
 import ml_collections
+import numpy as np
 
 from sara_jax.models.clip_vit import ClipVisionTransformer
 from sara_jax.models.dinov2 import DinoV2
@@ -29,6 +30,7 @@ from sara_jax.models.discriminator import Discriminator
 from sara_jax.models.projector import Projector
 from sara_jax.models.sit import SiT, TimestepEmbedder
 from sara_jax.objective.sara import adversarial, aligned
+from sara_jax.sampling import samplers
 
 FLOPS_PER_MAC = 2
 
@@ -186,11 +188,18 @@ def train_step(
 
 def sampler_evaluations(sample: ml_collections.ConfigDict) -> int:
     """Network forward passes per sample of `config.sample`'s sampler: one per step (SDE,
-    Euler, DDPM), two per step but the last (Heun); guidance evaluates a doubled batch at every
-    step (samplers.guided_velocity, ddpm.guided_model)."""
-    steps = sample.num_steps
-    calls = 2 * steps - 1 if sample.method == "heun" else steps
-    return calls * (1 if sample.cfg_scale == 1.0 else 2)
+    Euler, DDPM), two per step but the last (Heun); a guided step evaluates a doubled batch:
+    the steps `samplers.guided_steps` picks in the guidance interval, every step for DDPM
+    (`ddpm.guided_model`, no interval)."""
+    steps, guiding = sample.num_steps, sample.cfg_scale != 1.0
+    if sample.method == "ddpm":
+        return steps * (2 if guiding else 1)
+    calls = np.ones(steps, np.int64)
+    if sample.method == "heun":
+        calls[:-1] = 2
+    guidance = samplers.Guidance(0, sample.cfg_scale, (sample.guidance_low, sample.guidance_high))
+    guided = samplers.guided_steps(samplers.time_grid(sample.method, steps), guidance)
+    return int((calls * (1 + guided)).sum())
 
 
 def sampling(sample: ml_collections.ConfigDict, sit: SiT) -> float:

@@ -74,6 +74,17 @@ class Preemption:
         return self._signalled.is_set()
 
 
+def initial_disc(config: ml_collections.ConfigDict, disc: dict) -> dict:
+    """D's variables as a fresh run starts them: `disc` (as initialised) with the ImageNet trunk
+    of `config.disc.checkpoint` when it names one; its 1x1 stem and logit head stay as
+    initialised."""
+    if not config.disc.checkpoint:
+        return disc
+    return pretrained_discriminator(
+        jax.device_get(disc), config.disc.checkpoint, "config.disc.checkpoint"
+    )
+
+
 def check_finite(metrics: dict, step: int, mode: str) -> None:
     """Raises (mode "stop") or warns (mode "skip") when the step's update was not applied."""
     if metrics["nonfinite"] == 0:
@@ -135,25 +146,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             ),
         )
 
-    if manager.latest_step() is not None:
+    if (latest := manager.latest_step()) is not None:
         # The per-example randomness is a function of (seed, step, example index), so the
         # state and the iterator position are all a resume needs.
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        restored = manager.restore(
-            manager.latest_step(),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract),
-                data=grain.checkpoint.CheckpointRestore(iterator),
-            ),
+        items = {"state": ocp.args.StandardRestore(abstract)}
+        step_dir = ocp.step.find_step_path(
+            manager.directory, ocp.step.standard_name_format(), step=latest
         )
-        state = restored.state
+        # A checkpoint converted from PyTorch (sara_jax.convert) has no iterator position.
+        has_data = (step_dir / "data").exists()
+        if has_data:
+            items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+        state = manager.restore(latest, args=ocp.args.Composite(**items)).state
         logging.info("resumed from step %d", int(state.step))
-    elif config.disc.checkpoint:
-        # D's ImageNet trunk; its 1x1 stem and logit head stay as initialised.
-        disc = pretrained_discriminator(
-            jax.device_get(state.disc), config.disc.checkpoint, "config.disc.checkpoint"
-        )
-        state = state.replace(disc=jax.device_put(disc, replicated))
+        if not has_data:
+            logging.info("step %d has no data-iterator state: the data order starts afresh", latest)
+    else:
+        state = state.replace(disc=jax.device_put(initial_disc(config, state.disc), replicated))
 
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     writer.write_hparams(dict(flat_items(config)))

@@ -1,5 +1,6 @@
-"""The study command end to end: two arms as ordinary runs with the shapes evaluator, outputs
-that parse, and a second invocation that runs nothing new."""
+"""The study command end to end: two arms (one a probe that overrides a config field) as
+ordinary runs with the shapes evaluator, outputs that parse, and a second invocation that runs
+nothing new."""
 
 import json
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 import sara_jax
 
 REPO = Path(sara_jax.__file__).resolve().parents[1]
+PROBE = "sara+loss.struc_weight=0.25"
 
 
 def run_study(workdir: Path, cache: Path) -> subprocess.CompletedProcess:
@@ -43,8 +45,10 @@ def run_study(workdir: Path, cache: Path) -> subprocess.CompletedProcess:
         "sara_jax.study",
         "--config=configs/demo.py",
         f"--workdir={workdir}",
-        "--methods=none,sara",
+        "--methods=none",
         "--seeds=0",
+        f"--extra_arms={PROBE}@0",
+        "--thresholds=class_acc:0.05",
         *(f"--config.{k}={v}" for k, v in overrides.items()),
     ]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
@@ -56,8 +60,10 @@ def test_the_study_command_runs_its_arms_once_and_writes_parseable_outputs(tmp_p
     assert first.returncode == 0, first.stderr[-3000:]
     summary_dir = tmp_path / "study" / "summary"
     summary = json.loads((summary_dir / "study.json").read_text())
-    assert set(summary["curves"]["fd"]) == {"none", "sara"}
-    assert summary["curves"]["class_acc"]["sara"]["steps"] == [2, 4]
+    assert set(summary["curves"]["fd"]) == {"none", PROBE}
+    assert summary["curves"]["class_acc"][PROBE]["steps"] == [2, 4]
+    assert "'loss.struc_weight': 0.25" in first.stderr  # The probe's logged hyperparameters.
+    assert {r["method"] for r in summary["reach"]} == {"none", PROBE}
     assert "### fd" in (summary_dir / "study.md").read_text()
     assert (summary_dir / "fd.png").stat().st_size > 0
     # Each arm's last lines repeat its evaluations, after its final sample grid.

@@ -197,3 +197,11 @@ def test_sampling_counts_every_velocity_evaluation():
     assert flops.sampling(config.sample, sit) == 250 * flops.sit_forward(sit)
     config.sample.method, config.sample.cfg_scale = "heun", 1.5
     assert flops.sampling(config.sample, sit) == 2 * 499 * flops.sit_forward(sit)
+    # REPA's FID recipe guides the 172 SDE steps with t <= 0.7 of linspace(1, 0.04, 250)
+    # (t_i = 1 - 0.96 i / 249 <= 0.7 from i = 78): 250 + 172 evaluations, not 500.
+    config.sample.method, config.sample.cfg_scale = "sde", 1.8
+    config.sample.guidance_high = 0.7
+    assert flops.sampler_evaluations(config.sample) == 250 + 172
+    # Heun at 50 steps: the 35 steps from t = 0.7 (i = 15) on are guided, corrector included.
+    config.sample.method, config.sample.num_steps = "heun", 50
+    assert flops.sampler_evaluations(config.sample) == 99 + 35 * 2 - 1

@@ -1,11 +1,16 @@
 """The study's aggregation of logged curves, on hand-written event files with known answers,
 and the study command's arms."""
 
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
+from absl import app
 from clu import metric_writers
 
+from configs import demo
 from sara_jax import study as study_command
 from sara_jax.evaluation import study
 from sara_jax.io.events import read_scalars
@@ -18,11 +23,16 @@ def write_curve(workdir: Path, tag: str, points: dict[int, float]) -> None:
     writer.close()
 
 
-def test_steps_to_reach_finds_the_first_step_at_least_as_good():
+def test_steps_to_reach_interpolates_the_first_crossing():
     steps, values = [100, 200, 300, 400], [9.0, 6.0, 4.0, 3.0]
     assert study.steps_to_reach(steps, values, 4.0, higher_is_better=False) == 300
+    assert study.steps_to_reach(steps, values, 5.0, higher_is_better=False) == 250
+    assert study.steps_to_reach(steps, values, 8.25, higher_is_better=False) == 125
+    assert study.steps_to_reach(steps, values, 10.0, higher_is_better=False) == 100
     assert study.steps_to_reach(steps, values, 2.0, higher_is_better=False) is None
-    assert study.steps_to_reach(steps, [0.1, 0.5, 0.9, 0.95], 0.9, higher_is_better=True) == 300
+    higher = [0.1, 0.5, 0.4, 0.95]  # Crosses 0.45 first between 100 and 200, not 300 and 400.
+    assert study.steps_to_reach(steps, higher, 0.45, higher_is_better=True) == 187.5
+    assert study.steps_to_reach(steps, higher, 0.95, higher_is_better=True) == 400
 
 
 def test_aggregation_of_event_files_gives_mean_spread_and_speedups(tmp_path):
@@ -39,22 +49,34 @@ def test_aggregation_of_event_files_gives_mean_spread_and_speedups(tmp_path):
             write_curve(workdir, "fd", dict(zip([100, 200, 300, 400], values, strict=True)))
             runs.setdefault(method, {})[seed] = read_scalars(str(workdir))
 
-    summary = study.aggregate(runs, ["fd"])
+    summary = study.aggregate(runs, ["fd"], thresholds=[("fd", 6.0)])
     sit = summary["curves"]["fd"]["none"]
     assert sit["steps"] == [100, 200, 300, 400] and sit["seeds"] == [0, 1]
     np.testing.assert_allclose(sit["mean"], [10, 8, 6, 4])
     np.testing.assert_allclose(sit["std"], [np.sqrt(2)] * 3 + [0])
-    rows = {(r["baseline"], r["method"]): r for r in summary["speedups"]}
-    assert set(rows) == {("none", "repa"), ("repa", "sara")}
-    repa = rows["none", "repa"]
+    rows = {(r["baseline"], r["method"], r["threshold_from"]): r for r in summary["speedups"]}
+    assert set(rows) == {
+        (*pair, source)
+        for pair in [("none", "repa"), ("repa", "sara")]
+        for source in ("baseline final", "chosen")
+    }
+    # The baseline's final values: SiT's mean 4 at step 400, REPA's 2 at step 400.
+    repa = rows["none", "repa", "baseline final"]
     assert (repa["threshold"], repa["baseline_steps"], repa["method_steps"]) == (4, 400, 200)
-    assert repa["ratio"] == 2.0 and repa["method_steps_per_seed"] == [300, 200]
-    sara = rows["repa", "sara"]
+    # Seed 0 crosses 4 half-way from 5 (step 200) to 3 (step 300); seed 1 at 4/5 of 8 -> 3.
+    assert repa["ratio"] == 2.0 and repa["method_steps_per_seed"] == [250, 180]
+    sara = rows["repa", "sara", "baseline final"]
     assert (sara["threshold"], sara["method_steps"], sara["ratio"]) == (2, 200, 2.0)
+    # fd 6: SiT's mean at step 300, REPA's half-way from 8 to 4, SARA's from its first step.
+    reached = {r["method"]: r["steps"] for r in summary["reach"]}
+    assert reached == {"none": 300, "repa": 150, "sara": 100}
+    assert rows["none", "repa", "chosen"]["ratio"] == 2.0
+    assert rows["repa", "sara", "chosen"]["ratio"] == 1.5
 
     table = study.markdown(summary, [200, 400])
     assert "| SiT | 2 | 8 +- 1.4 | 4 +- 0 |" in table
-    assert "| fd | REPA | SARA | 2 | 400 | 200 | [200, 200] | 2.00x |" in table
+    assert "| fd | 6 | REPA | 2 | 150 | 167, 140 |" in table
+    assert "| fd | 2 (baseline final) | REPA | SARA | 400 | 200 | 200, 200 | 2.00x |" in table
     written = study.plot(summary, tmp_path / "out")
     assert [p.name for p in written] == ["fd.png"] and written[0].stat().st_size > 0
 
@@ -70,8 +92,56 @@ def test_higher_is_better_metrics_and_unreached_thresholds():
     assert "not reached" in study.markdown(study.aggregate(runs, ["class_acc"]))
 
 
+def test_thresholds_parse_metric_value_and_name_a_bad_entry():
+    assert study_command.thresholds(["class_acc:0.4", "fd:20"]) == [("class_acc", 0.4), ("fd", 20)]
+    for bad in ["class_acc", "class_acc:high", ":0.4"]:
+        with pytest.raises(app.UsageError, match=f"entry '{bad}' must be metric:value"):
+            study_command.thresholds([bad])
+
+
 def test_arms_are_the_grid_then_the_extra_ones_without_repeats():
     arms = study_command.arms(["none", "sara"], [0, 1], ["patch+struc@0", "sara@1"])
     assert arms == [("none", 0), ("none", 1), ("sara", 0), ("sara", 1), ("patch+struc", 0)]
     assert study_command.alignment_terms("patch+adv") == "patch,adv"
     assert study_command.alignment_terms("repa") == "patch"
+
+
+def test_a_probe_arm_overrides_config_fields_after_the_paper_weights():
+    base = demo.get_config()
+    config = study_command.arm_config(base, "sara+loss.struc_weight=0.1+model.encoder_depth=1", 3)
+    assert (config.loss.patch_weight, config.loss.struc_weight, config.loss.adv_weight) == (
+        0.5,
+        0.1,
+        0.05,
+    )
+    assert (config.model.encoder_depth, config.seed) == (1, 3)
+    reduction = study_command.arm_config(base, "repa+loss.struc_reduction=sum", 0).loss
+    assert (reduction.struc_reduction, reduction.struc_weight) == ("sum", 0.0)
+    assert base.loss.struc_weight == 0.5 and base.model.encoder_depth == 2
+    with pytest.raises(app.UsageError, match="no config field 'loss.beta'"):
+        study_command.arm_config(base, "sara+loss.beta=0.1", 0)
+    with pytest.raises(app.UsageError, match="model.depth='deep'"):
+        study_command.arm_config(base, "sara+model.depth=deep", 0)
+    with pytest.raises(app.UsageError, match="names no alignment terms"):
+        study_command.arm_config(base, "loss.struc_weight=0.1", 0)
+
+
+def test_a_preempted_arm_is_not_marked_finished_and_a_finished_one_is_skipped(
+    tmp_path, monkeypatch
+):
+    config = demo.get_config()
+    reached = iter([7, config.train.num_steps])  # Preempted at step 7, then resumed to the end.
+    monkeypatch.setattr(
+        study_command.loop, "train_and_evaluate", lambda c, w: SimpleNamespace(step=next(reached))
+    )
+    workdir = tmp_path / "sara" / "seed0"
+    assert not study_command.run_arm(config, str(workdir), "sara", 0)
+    assert not (workdir / "arm.json").exists()
+    assert study_command.run_arm(config, str(workdir), "sara", 0)
+    assert json.loads((workdir / "arm.json").read_text())["steps"] == config.train.num_steps
+
+    def fail(c, w):
+        raise AssertionError("a finished arm was trained again")
+
+    monkeypatch.setattr(study_command.loop, "train_and_evaluate", fail)
+    assert study_command.run_arm(config, str(workdir), "sara", 0)

@@ -214,7 +214,11 @@ def plot(summary: dict[str, Any], out: Path) -> list[Path]:
     for metric, by_method in summary["curves"].items():
         if not by_method:
             continue
-        fig = Figure(figsize=(6, 4), layout="constrained")
+        # Below the axes, so that a study with probes keeps its curves visible; long probe
+        # names take a column of their own.
+        columns = 2 if max(len(label(m)) for m in by_method) <= 28 else 1
+        rows = -(-len(by_method) // columns)
+        fig = Figure(figsize=(6, 4 + 0.25 * rows), layout="constrained")
         ax = fig.add_subplot()
         for i, (method, c) in enumerate(by_method.items()):
             steps, mean, std = (np.asarray(c[k]) for k in ("steps", "mean", "std"))
@@ -230,7 +234,7 @@ def plot(summary: dict[str, Any], out: Path) -> list[Path]:
         ax.set_title(f"{metric} ({better} is better)")
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
-        ax.legend()
+        fig.legend(loc="outside lower center", ncols=columns, fontsize="small")
         written.append(out / f"{metric}.png")
         fig.savefig(written[-1], dpi=120)
     return written

@@ -26,6 +26,7 @@ from ml_collections import config_flags
 
 from sara_jax.config import validate
 from sara_jax.encoders.registry import encoder_width
+from sara_jax.io import cli
 from sara_jax.io.files import write_json
 from sara_jax.models.dtype import dtype_of
 from sara_jax.models.vae import AutoencoderKL
@@ -34,7 +35,7 @@ from sara_jax.training import flops
 from sara_jax.training.state import build_models
 from sara_jax.training.step import AXIS, data_mesh
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file.")
+_CONFIG = cli.define_config()
 _BATCH = flags.DEFINE_integer("batch", None, "Samples per batch; default config.sample.batch_size.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Sampler steps; default sample.num_steps.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Batches timed after one warm-up batch.")

@@ -54,6 +54,7 @@ from ml_collections import config_flags
 
 from sara_jax.config import METHODS, set_alignment, validate
 from sara_jax.encoders.load import encoder_module, features_fn
+from sara_jax.io import cli
 from sara_jax.io.files import write_json
 from sara_jax.training import flops
 from sara_jax.training.state import TrainState, build_models, create_train_state
@@ -62,7 +63,7 @@ from sara_jax.training.step import AXIS, data_mesh, make_train_step
 # Mode -> alignment terms: a plain SiT, REPA, SARA (the configs' "none", "repa", "sara").
 MODES = {"sit": METHODS["none"], "repa": METHODS["repa"], "sara": METHODS["sara"]}
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file.")
+_CONFIG = cli.define_config()
 _MODE = flags.DEFINE_enum("mode", "all", [*MODES, "all"], "Objective(s) to time.")
 _BATCH = flags.DEFINE_integer("batch", None, "Global batch; default config.data.global_batch_size.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Steps timed per mode (0: compile only).")

@@ -15,13 +15,13 @@ the same keys and shapes.
 
 import ml_collections
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from sara_jax.config import validate
 from sara_jax.converters import sit
 from sara_jax.converters.checkpoint import resolve
 from sara_jax.converters.saved import save_converted
 from sara_jax.encoders.load import convert_encoder, converted_info
+from sara_jax.io import cli
 from sara_jax.training.converted import convert_denoiser
 
 
@@ -61,7 +61,7 @@ def main(argv: list[str]) -> None:
 def define_flags() -> None:
     """The command's flags; defined only when it runs as a program, so that importing this
     module defines none."""
-    config_flags.DEFINE_config_file("config", None, "A configs/*.py file.")
+    cli.define_config()
     flags.DEFINE_string("out", None, "Encoder mode: new directory for the converted params.")
     flags.DEFINE_string("denoiser", None, "Denoiser mode: the PyTorch checkpoint file.")
     flags.DEFINE_enum("denoiser_format", None, sit.FORMATS, "What --denoiser is (see above).")

@@ -8,11 +8,11 @@ share of every global batch.
 
 import jax
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from sara_jax.io import cli
 from sara_jax.training import loop
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file.")
+_CONFIG = cli.define_config()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and samples go.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",

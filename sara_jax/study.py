@@ -21,11 +21,10 @@ from typing import Any
 
 import ml_collections
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from sara_jax.config import METHODS, set_alignment, validate
 from sara_jax.evaluation import study
-from sara_jax.io import files
+from sara_jax.io import cli, files
 from sara_jax.io.events import read_scalars
 from sara_jax.training import loop
 
@@ -128,7 +127,7 @@ def run_arm(config: ml_collections.ConfigDict, workdir: str, method: str, seed: 
 def define_flags() -> None:
     """The command's flags; called only when run as a program, so that importing this module
     (tests, other jobs) defines none."""
-    config_flags.DEFINE_config_file("config", None, "The run every arm starts from.")
+    cli.define_config("The run every arm starts from.")
     flags.DEFINE_string("workdir", None, "The study's directory (local or gs://).")
     flags.DEFINE_list("methods", ["none", "repa", "sara"], "Methods, run for every seed.")
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the --methods arms.")

@@ -27,7 +27,7 @@ from sara_jax.converters.checkpoint import read_torch_file, resolve
 from sara_jax.encoders.registry import encoder_width
 from sara_jax.io import files
 from sara_jax.training.loop import initial_disc
-from sara_jax.training.state import TrainState, build_models, create_train_state
+from sara_jax.training.state import TrainState, config_train_state
 
 # The entries of REPA's train.py checkpoint.
 REPA_ENTRIES = {"model", "ema", "opt", "args", "steps"}
@@ -112,12 +112,8 @@ def denoiser_state(
     if fmt == "repa":
         _check_repa_run(config, contents, source)
 
-    models = build_models(config, z_dim)
-    num_tokens = (config.model.input_size // config.model.patch_size) ** 2
     # The key and the jit of the training loop: the parts the file lacks start as there.
-    state = jax.jit(lambda key: create_train_state(config, models, num_tokens, key))(
-        jax.random.key(config.seed)
-    )
+    state = jax.jit(lambda key: config_train_state(config, key))(jax.random.key(config.seed))
     state = state.replace(disc=initial_disc(config, state.disc))
     expected = state.params if fmt == "repa" else {"sit": state.params["sit"]}
     params = {**state.params, **sit.convert(model_sd, expected, fmt, f"{source} model")}

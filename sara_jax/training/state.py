@@ -103,6 +103,14 @@ def create_train_state(
     )
 
 
+def config_train_state(config: ml_collections.ConfigDict, key: jax.Array) -> TrainState:
+    """`create_train_state` from the config alone: its models at the registered encoder's width,
+    N from the SiT's patch grid (what the encoder's tokens must match)."""
+    models = build_models(config, encoder_width(config.encoder))
+    num_tokens = (config.model.input_size // config.model.patch_size) ** 2
+    return create_train_state(config, models, num_tokens, key)
+
+
 def restore_params(
     config: ml_collections.ConfigDict, workdir: str, ema: bool
 ) -> tuple[PyTree, int]:
@@ -114,11 +122,7 @@ def restore_params(
     step = manager.latest_step() if manager else None
     if step is None:
         raise FileNotFoundError(f"--workdir={workdir!r}: no checkpoint under {directory}")
-    models = build_models(config, encoder_width(config.encoder))
-    num_tokens = (config.model.input_size // config.model.patch_size) ** 2
-    abstract = jax.eval_shape(
-        lambda: create_train_state(config, models, num_tokens, jax.random.key(0))
-    )
+    abstract = jax.eval_shape(lambda: config_train_state(config, jax.random.key(0)))
     restored = manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
     ).state

@@ -9,7 +9,7 @@ share of every global batch.
 import jax
 from absl import app, flags, logging
 
-from sara_jax.io import cli
+from sara_jax.io import cli, preemption
 from sara_jax.training import loop
 
 _CONFIG = cli.define_config()
@@ -39,7 +39,8 @@ def main(argv: list[str]) -> None:
         jax.device_count(),
     )
     logging.info("config:\n%s", _CONFIG.value)
-    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    with preemption.exits_cleanly("training"):
+        loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,6 @@
 Read top to bottom: everything a run does happens in `train_and_evaluate`.
 """
 
-import signal
-import threading
 import time
 
 import grain
@@ -23,7 +21,7 @@ from sara_jax.converters.resnet import pretrained_discriminator
 from sara_jax.data.pipeline import make_source, make_train_iterator
 from sara_jax.encoders.load import load_encoder
 from sara_jax.evaluation import in_training
-from sara_jax.io import files
+from sara_jax.io import files, preemption
 from sara_jax.models.sit import SiT
 from sara_jax.sampling import denoiser
 from sara_jax.training.state import TrainState, build_models, create_train_state
@@ -53,25 +51,6 @@ def make_sampler(config: ml_collections.ConfigDict, sit: SiT):
         return files.to_uint8(x).reshape(rows, s.per_class, *x.shape[1:])
 
     return grid
-
-
-class Preemption:
-    """Turns SIGTERM (how TPU VMs and schedulers announce preemption) into a flag the loop
-    checks at step boundaries; with several processes, orbax's sync point makes all hosts agree
-    on the step to stop at."""
-
-    def __init__(self, manager: ocp.CheckpointManager):
-        self._manager = manager
-        self._signalled = threading.Event()
-        # With several processes JAX's distributed runtime catches SIGTERM itself; a Python
-        # handler would take the signal away from it.
-        if jax.process_count() == 1:
-            signal.signal(signal.SIGTERM, lambda *_: self._signalled.set())
-
-    def reached(self, step: int) -> bool:
-        if jax.process_count() > 1:
-            return self._manager.reached_preemption(step)
-        return self._signalled.is_set()
 
 
 def initial_disc(config: ml_collections.ConfigDict, disc: dict) -> dict:
@@ -171,7 +150,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     train_step = make_train_step(config, models, encoder.features, mesh)
     sample_grid = make_sampler(config, models.sit) if config.data.space == "pixel" else None
     sample_key = jax.random.fold_in(jax.random.key(config.seed), 1)
-    preemption = Preemption(manager)
     # Building a monitor may train an evaluator: only when an evaluation falls in this run.
     evaluates = 0 < config.eval.every <= t.num_steps
     monitor = in_training.make_config_monitor(config) if evaluates else None
@@ -228,7 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             }
             writer.write_scalars(done, summary)
             history, window_start = [], time.perf_counter()
-        preempted = preemption.reached(done)
+        preempted = preemption.requested()
         if preempted or done % t.checkpoint_every == 0 or done == t.num_steps:
             # Never save past an unchecked step; once checked, it is not checked again.
             check_finite(jax.device_get(previous), step, t.nonfinite)

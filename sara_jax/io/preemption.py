@@ -14,8 +14,8 @@ the lock-step safe points may call it there.
 """
 
 import contextlib
-import os
 import itertools
+import os
 import signal
 import sys
 import threading

@@ -26,6 +26,7 @@ from sara_jax.converters import sit
 from sara_jax.converters.checkpoint import read_torch_file, resolve
 from sara_jax.encoders.registry import encoder_width
 from sara_jax.io import files
+from sara_jax.training import checkpoints
 from sara_jax.training.loop import initial_disc
 from sara_jax.training.state import TrainState, config_train_state
 
@@ -147,7 +148,7 @@ def convert_denoiser(config: ml_collections.ConfigDict, path: str, fmt: str, wor
     step = int(state.step)
     with ocp.CheckpointManager(directory) as manager:
         # The training loop's layout, without the data iterator's position.
-        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+        manager.save(step, args=checkpoints.save_args(state))
         manager.wait_until_finished()
     logging.info("saved step %d to %s", step, directory)
     return step

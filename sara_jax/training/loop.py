@@ -24,6 +24,7 @@ from sara_jax.evaluation import in_training
 from sara_jax.io import files, preemption
 from sara_jax.models.sit import SiT
 from sara_jax.sampling import denoiser
+from sara_jax.training import checkpoints
 from sara_jax.training.state import TrainState, build_models, create_train_state
 from sara_jax.training.step import AXIS, data_mesh, make_train_step
 
@@ -118,28 +119,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     def save(step: int) -> None:
         manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(iterator),
-            ),
+            step, args=checkpoints.save_args(state, data=grain.checkpoint.CheckpointSave(iterator))
         )
 
-    if (latest := manager.latest_step()) is not None:
-        # The per-example randomness is a function of (seed, step, example index), so the
-        # state and the iterator position are all a resume needs.
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        items = {"state": ocp.args.StandardRestore(abstract)}
-        step_dir = ocp.step.find_step_path(
-            manager.directory, ocp.step.standard_name_format(), step=latest
-        )
+    def data_item(step_dir) -> dict:
         # A checkpoint converted from PyTorch (sara_jax.convert) has no iterator position.
-        has_data = (step_dir / "data").exists()
-        if has_data:
-            items["data"] = grain.checkpoint.CheckpointRestore(iterator)
-        state = manager.restore(latest, args=ocp.args.Composite(**items)).state
+        if (step_dir / "data").exists():
+            return {"data": grain.checkpoint.CheckpointRestore(iterator)}
+        return {}
+
+    # The per-example randomness is a function of (seed, step, example index), so the state and
+    # the iterator position are all a resume needs.
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    found = checkpoints.restore_good(
+        manager, abstract, data_item, move_bad_to=workdir / "corrupt_checkpoints"
+    )
+    if found is not None:
+        latest, restored = found
+        state = restored.state
         logging.info("resumed from step %d", int(state.step))
-        if not has_data:
+        if "data" not in restored:
             logging.info("step %d has no data-iterator state: the data order starts afresh", latest)
     else:
         state = state.replace(disc=jax.device_put(initial_disc(config, state.disc), replicated))

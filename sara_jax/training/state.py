@@ -16,6 +16,7 @@ from sara_jax.models.dtype import dtype_of
 from sara_jax.models.projector import Projector
 from sara_jax.models.sit import SiT
 from sara_jax.models.trained import Models
+from sara_jax.training import checkpoints
 
 PyTree = Any
 
@@ -114,16 +115,15 @@ def config_train_state(config: ml_collections.ConfigDict, key: jax.Array) -> Tra
 def restore_params(
     config: ml_collections.ConfigDict, workdir: str, ema: bool
 ) -> tuple[PyTree, int]:
-    """{"sit", "projector"} params (the EMA ones if `ema`) of workdir's latest checkpoint, and
-    its step."""
+    """{"sit", "projector"} params (the EMA ones if `ema`) of workdir's newest good checkpoint
+    (`checkpoints.restore_good`), and its step."""
     directory = files.resolve(workdir) / "checkpoints"
-    # CheckpointManager would create a missing directory; a wrong --workdir must not.
-    manager = ocp.CheckpointManager(directory) if directory.is_dir() else None
-    step = manager.latest_step() if manager else None
-    if step is None:
-        raise FileNotFoundError(f"--workdir={workdir!r}: no checkpoint under {directory}")
     abstract = jax.eval_shape(lambda: config_train_state(config, jax.random.key(0)))
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-    ).state
-    return (restored.ema_params if ema else restored.params), step
+    # CheckpointManager would create a missing directory; a wrong --workdir must not.
+    found = None
+    if directory.is_dir():
+        found = checkpoints.restore_good(ocp.CheckpointManager(directory), abstract)
+    if found is None:
+        raise FileNotFoundError(f"--workdir={workdir!r}: no checkpoint under {directory}")
+    step, restored = found
+    return (restored.state.ema_params if ema else restored.state.params), step

@@ -85,3 +85,32 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     saved = int(re.search(r"preempted: saving step (\d+)", stderr)[1])
     assert (tmp_path / "run" / "checkpoints" / str(saved)).is_dir()
     assert int(restore_state(tmp_path / "run" / "checkpoints" / str(saved))["step"]) == saved
+
+
+def test_a_corrupt_latest_checkpoint_is_named_and_training_resumes_from_the_previous(tmp_path):
+    cache, workdir = tmp_path / "cache", tmp_path / "run"
+    first = subprocess.run(
+        command(workdir, cache, "--config.train.num_steps=4"), capture_output=True, text=True,
+        env=ENV, timeout=600,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    # Flipped bytes in the middle of step 4's largest array file, the file size unchanged.
+    target = max(
+        (workdir / "checkpoints" / "4" / "state").rglob("*"), key=lambda p: p.stat().st_size
+    )
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 16] = bytes(
+        b ^ 0xFF for b in data[len(data) // 2 : len(data) // 2 + 16]
+    )
+    target.write_bytes(bytes(data))
+
+    again = subprocess.run(
+        command(workdir, cache, "--config.train.num_steps=6"), capture_output=True, text=True,
+        env=ENV, timeout=600,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"checkpoint {workdir / 'checkpoints' / '4'} is bad" in again.stderr
+    assert "resumed from step 2" in again.stderr
+    assert (workdir / "corrupt_checkpoints" / "4" / "state").is_dir()  # Kept, not deleted.
+    expected, got = losses_by_step(first.stderr), losses_by_step(again.stderr)
+    assert sorted(got) == [3, 4, 5, 6] and got[3] == expected[3] and got[4] == expected[4]

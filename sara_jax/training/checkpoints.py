@@ -1,0 +1,147 @@
+"""Checkpoints that are verified before they are trusted.
+
+Orbax writes each step atomically, but a file damaged afterwards (a bad disk, a partial copy,
+flipped bytes) restores without complaint or fails with a storage-level error. So every saved
+step carries a checksum of each array of its TrainState (`digest.json` beside `state/`), and a
+restore recomputes it. A step that fails to read or to verify is reported by path and reason,
+and the newest good step is used instead; nothing is ever deleted. Training moves a bad step
+aside (to `<workdir>/corrupt_checkpoints/`) so that it can save that step number again;
+sampling and evaluation only skip it.
+
+The checksum is two wrapping uint32 sums over each array's words, plain and position-weighted
+by odd numbers (any single changed word changes the weighted sum), computed on the devices in
+one jitted call, so verifying an XL state costs a pass over its memory rather than a host copy.
+It detects corruption, not tampering.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+
+PyTree = Any
+Digest = dict[str, list[int]]
+
+ITEM = "digest"
+
+
+@jax.jit
+def _leaf_sums(tree: PyTree) -> PyTree:
+    def sums(x: jax.Array) -> jax.Array:
+        x = jnp.asarray(x)
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        words = x.reshape(-1)
+        if words.dtype.itemsize == 4:
+            words = jax.lax.bitcast_convert_type(words, jnp.uint32)
+        elif words.dtype.itemsize == 2:
+            words = jax.lax.bitcast_convert_type(words, jnp.uint16).astype(jnp.uint32)
+        else:
+            words = words.astype(jnp.uint32)  # bool and 1-byte types: their values are words.
+        odd = jnp.arange(words.shape[0], dtype=jnp.uint32) * 2 + 1
+        return jnp.stack([words.sum(dtype=jnp.uint32), (words * odd).sum(dtype=jnp.uint32)])
+
+    return jax.tree.map(sums, tree)
+
+
+def digest(state: PyTree) -> Digest:
+    """{leaf path: [sum, weighted sum]} of every array of `state` (uint32, wrapping)."""
+    sums = jax.device_get(_leaf_sums(state))
+    flat, _ = jax.tree_util.tree_flatten_with_path(sums)
+    return {jax.tree_util.keystr(path): [int(v) for v in value] for path, value in flat}
+
+
+def save_args(state: PyTree, **items: ocp.args.CheckpointArgs) -> ocp.args.Composite:
+    """The Composite a step is saved with: the state, its digest, and `items` (e.g. data)."""
+    return ocp.args.Composite(
+        state=ocp.args.StandardSave(state), **{ITEM: ocp.args.JsonSave(digest(state))}, **items
+    )
+
+
+def _mismatch(state: PyTree, expected: Digest) -> str | None:
+    """Why `state` does not match `expected`, or None when it does."""
+    actual = digest(state)
+    if actual.keys() != expected.keys():
+        return "its arrays are not those its digest lists"
+    bad = [path for path in actual if actual[path] != expected[path]]
+    if bad:
+        return f"checksum mismatch in {len(bad)} array(s), e.g. {bad[0]}"
+    return None
+
+
+def restore_good(
+    manager: ocp.CheckpointManager,
+    abstract: PyTree,
+    extra: Callable[[epath.Path], dict[str, ocp.args.CheckpointArgs]] = lambda _: {},
+    move_bad_to: epath.Path | None = None,
+) -> tuple[int, Any] | None:
+    """The newest step of `manager` that reads and verifies, as (step, restored Composite).
+
+    Args:
+      abstract: the TrainState's shapes, dtypes and shardings (restored as `state`).
+      extra: step directory -> more items to restore with it (e.g. the data iterator).
+      move_bad_to: where bad steps are moved (training); None leaves them in place.
+    Returns:
+      None when `manager` holds no step.
+    Raises:
+      RuntimeError: every step is bad; the message lists each with its reason.
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    bad = []
+    for step in steps:
+        step_dir = ocp.step.find_step_path(
+            manager.directory, ocp.step.standard_name_format(), step=step
+        )
+        items = {"state": ocp.args.StandardRestore(abstract), **extra(step_dir)}
+        has_digest = (step_dir / ITEM).exists()
+        if has_digest:
+            items[ITEM] = ocp.args.JsonRestore()
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(**items))
+            reason = _mismatch(restored.state, restored[ITEM]) if has_digest else None
+        except Exception as err:  # noqa: BLE001 - any failure to read makes the step bad.
+            restored, reason = None, f"unreadable ({type(err).__name__}: {_first_line(err)})"
+        if reason is None:
+            if not has_digest:
+                logging.warning(
+                    "checkpoint %s has no digest (older run or converted): restored unverified",
+                    step_dir,
+                )
+            if bad:
+                logging.warning("using step %d, the newest good one", step)
+            return step, restored
+        logging.error("checkpoint %s is bad: %s; skipping it", step_dir, reason)
+        bad.append(f"{step_dir}: {reason}")
+        if move_bad_to is not None:
+            _move_aside(step_dir, move_bad_to)
+            manager.reload()
+    if not bad:
+        return None
+    raise RuntimeError(
+        "no good checkpoint: every step failed to read or verify:\n  "
+        + "\n  ".join(bad)
+        + "\nRestore them from a copy, or start afresh with another --workdir."
+    )
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:300]
+
+
+def _move_aside(step_dir: epath.Path, to: epath.Path) -> None:
+    """Moves a bad step out of the checkpoint directory, keeping it (process 0 moves, all
+    wait), so the run can save that step number again."""
+    if jax.process_index() == 0:
+        to.mkdir(parents=True, exist_ok=True)
+        target, n = to / step_dir.name, 1
+        while target.exists():
+            target, n = to / f"{step_dir.name}.{n}", n + 1
+        step_dir.rename(target)
+        logging.warning("moved bad checkpoint %s to %s (kept, not deleted)", step_dir, target)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"moved bad checkpoint {step_dir.name}")

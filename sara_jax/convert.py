@@ -41,8 +41,7 @@ def convert_encoder_weights(config: ml_collections.ConfigDict, out: str) -> None
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.begin(argv)
     f = flags.FLAGS
     config = f.config
     validate(config)

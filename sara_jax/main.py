@@ -27,8 +27,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.begin(argv)
     if _DISTRIBUTED.value:
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     logging.info(
@@ -38,7 +37,6 @@ def main(argv: list[str]) -> None:
         jax.local_device_count(),
         jax.device_count(),
     )
-    logging.info("config:\n%s", _CONFIG.value)
     with preemption.exits_cleanly("training"):
         loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

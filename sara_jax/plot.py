@@ -16,6 +16,7 @@ from absl import app, flags, logging
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from sara_jax.io import cli
 from sara_jax.io.events import Scalars, read_scalars
 
 # The metrics drawn by default, with the titles they get (the paper's names).
@@ -110,8 +111,7 @@ def run_labels(workdirs: Sequence[str], labels: Sequence[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.begin(argv)
     f = flags.FLAGS
     labels = run_labels(f.workdirs, f.labels)
     runs = {label: read_scalars(w) for label, w in zip(labels, f.workdirs, strict=True)}

@@ -24,7 +24,7 @@ from absl import app, flags, logging
 
 from sara_jax.config import METHODS, set_alignment, validate
 from sara_jax.evaluation import study
-from sara_jax.io import cli, files
+from sara_jax.io import cli, files, preemption
 from sara_jax.io.events import read_scalars
 from sara_jax.training import loop
 
@@ -106,22 +106,18 @@ def arm_config(
     return config
 
 
-def run_arm(config: ml_collections.ConfigDict, workdir: str, method: str, seed: int) -> bool:
-    """Trains one arm unless its `arm.json` says it reached `train.num_steps`; returns whether
-    the arm is complete (False: the run was preempted and saved a checkpoint to resume from)."""
+def run_arm(config: ml_collections.ConfigDict, workdir: str, method: str, seed: int) -> None:
+    """Trains one arm unless its `arm.json` says it reached `train.num_steps`, and writes that
+    marker once it has. A preempted arm raises `preemption.Preempted` (after saving its
+    checkpoint): the study stops, since the next arm would not get the time either."""
     path = files.resolve(workdir)
     marker = path / "arm.json"
     if marker.exists() and json.loads(marker.read_text())["steps"] >= config.train.num_steps:
         logging.info("arm %s seed %d: finished earlier, skipped", method, seed)
-        return True
+        return
     logging.info("arm %s seed %d: training in %s", method, seed, path)
     state = loop.train_and_evaluate(config, workdir)
-    steps = int(state.step)
-    if steps < config.train.num_steps:
-        return False
-    path.mkdir(parents=True, exist_ok=True)
-    files.write_json(marker, {"method": method, "seed": seed, "steps": steps})
-    return True
+    files.write_json(marker, {"method": method, "seed": seed, "steps": int(state.step)})
 
 
 def define_flags() -> None:
@@ -143,8 +139,7 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.begin(argv)
     f = flags.FLAGS
     root = files.resolve(f.workdir)
     chosen = arms(f.methods, [int(s) for s in f.seeds], f.extra_arms)
@@ -152,14 +147,10 @@ def main(argv: list[str]) -> None:
     for method, seed in chosen:  # Every arm's config is checked before any arm runs.
         validate(arm_config(f.config, method, seed))
     if not f.aggregate_only:
-        for method, seed in chosen:
-            workdir = str(root / method / f"seed{seed}")
-            if not run_arm(arm_config(f.config, method, seed), workdir, method, seed):
-                # A preempted study stops: the next arm would not get the time either.
-                logging.warning(
-                    "arm %s seed %d preempted; stopping the study (re-run to resume)", method, seed
-                )
-                return
+        with preemption.exits_cleanly("study"):
+            for method, seed in chosen:
+                workdir = str(root / method / f"seed{seed}")
+                run_arm(arm_config(f.config, method, seed), workdir, method, seed)
     runs: dict[str, dict[int, dict]] = {}
     for method, seed in chosen:
         workdir = root / method / f"seed{seed}"

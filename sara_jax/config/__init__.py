@@ -25,6 +25,7 @@ __all__ = [
     "FAMILIES",
     "METHODS",
     "base_config",
+    "describe",
     "flat_items",
     "paper_config",
     "set_alignment",
@@ -140,3 +141,19 @@ def set_alignment(config: ml_collections.ConfigDict, terms: str) -> None:
     config.loss.patch_weight = weights["patch"] if "patch" in chosen else 0.0
     config.loss.struc_weight = weights["struc"] if "struc" in chosen else 0.0
     config.loss.adv_weight = weights["adv"] if "adv" in chosen else 0.0
+
+
+def describe(c: ml_collections.ConfigDict) -> str:
+    """The fields where `c` differs from base_config(), one line per section: what a config
+    file and its command-line overrides changed, short enough to read at a run's start."""
+    defaults = dict(flat_items(base_config()))
+    changed: dict[str, list[str]] = {}
+    for name, value in flat_items(c):
+        if name not in defaults or defaults[name] != value:
+            section, _, field = name.partition(".")
+            changed.setdefault(section, []).append(f"{field}={value!r}")
+    if not changed:
+        return "the defaults (sara_jax/config/sections.py)"
+    lines = [f"  {section}: {' '.join(fields)}" for section, fields in changed.items()]
+    count = sum(len(fields) for fields in changed.values())
+    return f"the defaults but {count} field(s):\n" + "\n".join(lines)

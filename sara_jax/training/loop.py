@@ -12,19 +12,20 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from clu import metric_writers, parameter_overview, periodic_actions
+from clu import parameter_overview
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sara_jax.config import flat_items, validate
+from sara_jax.config import describe, flat_items, validate
 from sara_jax.converters.resnet import pretrained_discriminator
 from sara_jax.data.pipeline import make_source, make_train_iterator
 from sara_jax.encoders.load import load_encoder
 from sara_jax.evaluation import in_training
-from sara_jax.io import files, preemption
+from sara_jax.io import files, preemption, tensorboard
 from sara_jax.models.sit import SiT
 from sara_jax.sampling import denoiser
 from sara_jax.training import checkpoints
+from sara_jax.training.progress import Progress
 from sara_jax.training.state import TrainState, build_models, create_train_state
 from sara_jax.training.step import AXIS, data_mesh, make_train_step
 
@@ -117,7 +118,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         ),
     )
 
+    last_saved = None
+
     def save(step: int) -> None:
+        nonlocal last_saved
+        last_saved = step
         manager.save(
             step, args=checkpoints.save_args(state, data=grain.checkpoint.CheckpointSave(iterator))
         )
@@ -137,15 +142,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if found is not None:
         latest, restored = found
         state = restored.state
-        logging.info("resumed from step %d", int(state.step))
+        if latest >= t.num_steps:
+            logging.info(
+                "the run in %s is complete: step %d, train.num_steps=%d; nothing to do (raise "
+                "--config.train.num_steps to train on)", workdir, latest, t.num_steps,
+            )  # fmt: skip
+            manager.close()
+            return state
+        logging.info("resumed from step %d", latest)
         if "data" not in restored:
             logging.info("step %d has no data-iterator state: the data order starts afresh", latest)
     else:
         state = state.replace(disc=jax.device_put(initial_disc(config, state.disc), replicated))
 
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    if jax.process_index() == 0:
+        files.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
+    logging.info("config: %s\nevery field: %s", describe(config), workdir / "config.json")
+    writer = tensorboard.create_writer(workdir, just_logging=jax.process_index() > 0)
     writer.write_hparams(dict(flat_items(config)))
-    report = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer)
+    progress = Progress(t.num_steps, config.data.global_batch_size)
     train_step = make_train_step(config, models, encoder.features, mesh)
     sample_grid = make_sampler(config, models.sit) if config.data.space == "pixel" else None
     sample_key = jax.random.fold_in(jax.random.key(config.seed), 1)
@@ -179,52 +194,81 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             files.save_grid(grid, workdir / "samples.png")
             logging.info("step %d: wrote %s", step, workdir / "samples.png")
 
+    def stop(done: int, unfinished: str) -> preemption.Preempted:
+        """Saves step `done` unless saved (checked first), for a Preempted that says so."""
+        if last_saved != done:
+            if previous is not None:
+                check_finite(jax.device_get(previous), done - 1, t.nonfinite)
+            save(done)
+        manager.wait_until_finished()
+        return preemption.Preempted(f"saved step {done}{unfinished}")
+
     history, previous, window_start = [], None, time.perf_counter()
     evaluations = []  # Repeated at the end, so a run's last lines say how good it is.
-    for step in range(int(state.step), t.num_steps):
-        local = next(iterator)
-        batch = {
-            k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()
-        }
-        with jax.profiler.StepTraceAnnotation("train", step_num=step):
-            state, metrics = train_step(state, batch, encoder_params)
-        # Checking the previous step keeps one step in flight while the host waits.
-        if previous is not None:
-            check_finite(jax.device_get(previous), step - 1, t.nonfinite)
-        previous = metrics
-        history.append(metrics)
-        done = step + 1
-        report(done)
-        if done % t.log_every == 0 or done == t.num_steps:
-            summary = {k: float(np.mean([m[k] for m in jax.device_get(history)])) for k in metrics}
-            seconds = (time.perf_counter() - window_start) / len(history)
-            summary |= {
-                "learning_rate": config.optim.lr,
-                "step_time": seconds,
-                "images_per_sec": config.data.global_batch_size / seconds,
+    first = int(state.step)
+    logging.info("compiling the training step (its first call) ...")
+    try:
+        for step in range(first, t.num_steps):
+            local = next(iterator)
+            batch = {
+                k: jax.make_array_from_process_local_data(batch_sharding, v)
+                for k, v in local.items()
             }
-            writer.write_scalars(done, summary)
-            history, window_start = [], time.perf_counter()
-        preempted = preemption.requested()
-        if preempted or done % t.checkpoint_every == 0 or done == t.num_steps:
-            # Never save past an unchecked step; once checked, it is not checked again.
-            check_finite(jax.device_get(previous), step, t.nonfinite)
-            previous = None
-            save(done)
-        if preempted:
-            logging.warning("preempted: saving step %d and exiting", done)
-            break
-        paused = time.perf_counter()
-        if t.sample_every and done % t.sample_every == 0 and done != t.num_steps:
-            write_samples(done)
-        if monitor is not None and done % config.eval.every == 0:
-            evaluations.append(write_eval(done))
-        window_start += time.perf_counter() - paused  # Step times exclude the evaluations.
-    manager.wait_until_finished()
-    manager.close()
-    if int(state.step) == t.num_steps:
-        write_samples(t.num_steps)
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                state, metrics = train_step(state, batch, encoder_params)
+            if step == first:
+                jax.block_until_ready(metrics)
+                logging.info(
+                    "compiled; the first step took %.1f s", time.perf_counter() - window_start
+                )
+            # Checking the previous step keeps one step in flight while the host waits.
+            if previous is not None:
+                check_finite(jax.device_get(previous), step - 1, t.nonfinite)
+            previous = metrics
+            history.append(metrics)
+            done = step + 1
+            if line := progress.update(done):
+                logging.info("%s", line)
+            if done % t.log_every == 0 or done == t.num_steps:
+                summary = {
+                    k: float(np.mean([m[k] for m in jax.device_get(history)])) for k in metrics
+                }
+                seconds = (time.perf_counter() - window_start) / len(history)
+                summary |= {
+                    "learning_rate": config.optim.lr,
+                    "step_time": seconds,
+                    "images_per_sec": config.data.global_batch_size / seconds,
+                }
+                writer.write_scalars(done, summary)
+                history, window_start = [], time.perf_counter()
+            preempted = preemption.requested()
+            if preempted or done % t.checkpoint_every == 0 or done == t.num_steps:
+                # Never save past an unchecked step; once checked, it is not checked again.
+                check_finite(jax.device_get(previous), step, t.nonfinite)
+                previous = None
+                save(done)
+            if preempted:
+                raise stop(done, "")
+            paused = time.perf_counter()
+            try:
+                if t.sample_every and done % t.sample_every == 0 and done != t.num_steps:
+                    write_samples(done)
+                if monitor is not None and done % config.eval.every == 0:
+                    evaluations.append(write_eval(done))
+            except preemption.Preempted as during:
+                raise stop(done, f"; {during}") from None
+            # Step times and the ETA exclude the evaluations.
+            window_start += time.perf_counter() - paused
+            progress.pause(time.perf_counter() - paused)
+        manager.wait_until_finished()
+        try:
+            write_samples(t.num_steps)
+        except preemption.Preempted:
+            raise stop(t.num_steps, "; the final preview grid was not drawn") from None
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+        writer.close()
     for line in evaluations:
         logging.info("evaluation at %s", line)
-    writer.flush()
     return state

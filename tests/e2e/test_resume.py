@@ -82,7 +82,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     run.send_signal(signal.SIGTERM)
     _, stderr = run.communicate(timeout=300)
     assert run.returncode == 0, stderr[-3000:]
-    saved = int(re.search(r"preempted: saving step (\d+)", stderr)[1])
+    saved = int(re.search(r"training preempted: saved step (\d+)", stderr)[1])
     assert (tmp_path / "run" / "checkpoints" / str(saved)).is_dir()
     assert int(restore_state(tmp_path / "run" / "checkpoints" / str(saved))["step"]) == saved
 

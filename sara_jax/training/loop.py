@@ -24,6 +24,7 @@ from sara_jax.evaluation import in_training
 from sara_jax.io import files, preemption, tensorboard
 from sara_jax.models.sit import SiT
 from sara_jax.sampling import denoiser
+from sara_jax.sampling.decode import latent_decoder
 from sara_jax.training import checkpoints
 from sara_jax.training.progress import Progress
 from sara_jax.training.state import TrainState, build_models, create_train_state
@@ -31,25 +32,29 @@ from sara_jax.training.step import AXIS, data_mesh, make_train_step
 
 
 def make_sampler(config: ml_collections.ConfigDict, sit: SiT):
-    """A jitted `(params, key) -> uint8 (classes, per_class, H, W, 3)` preview-grid sampler.
+    """A `(params, key) -> uint8 (classes, per_class, H, W, 3)` preview-grid sampler: latents
+    are decoded by the SD-VAE (`config.vae.decode_checkpoint`).
 
     Classes are spread evenly over the label range; `config.sample`'s sampler and guidance.
+    SIGTERM abandons a grid being drawn (`preemption.wait`).
     """
     s, m = config.sample, config.model
     rows = min(s.num_classes_shown, m.num_classes)
     classes = np.linspace(0, m.num_classes - 1, rows).round().astype(np.int32)
     labels = jnp.repeat(jnp.asarray(classes), s.per_class)
-
     denoise = denoiser.make_denoiser(config, sit)
+    decoder = latent_decoder(config)
 
     @jax.jit
-    def sample(params: dict, key: jax.Array) -> jax.Array:
+    def sample(params: dict, vae_params: dict | None, key: jax.Array) -> jax.Array:
         shape = (labels.shape[0], m.input_size, m.input_size, m.in_channels)
         noise = jax.random.normal(key, shape)
-        return denoise(params, noise, labels, jax.random.fold_in(key, 1))
+        x = denoise(params, noise, labels, jax.random.fold_in(key, 1))
+        return x if decoder is None else decoder.decode(vae_params, x)
 
     def grid(params: dict, key: jax.Array) -> np.ndarray:
-        x = np.asarray(sample(params, key))
+        x = sample(params, None if decoder is None else decoder.params, key)
+        x = np.asarray(preemption.wait(x, "the preview grid was not drawn"))
         return files.to_uint8(x).reshape(rows, s.per_class, *x.shape[1:])
 
     return grid
@@ -162,7 +167,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     writer.write_hparams(dict(flat_items(config)))
     progress = Progress(t.num_steps, config.data.global_batch_size)
     train_step = make_train_step(config, models, encoder.features, mesh)
-    sample_grid = make_sampler(config, models.sit) if config.data.space == "pixel" else None
+    sample_grid = make_sampler(config, models.sit)
     sample_key = jax.random.fold_in(jax.random.key(config.seed), 1)
     # Building a monitor may train an evaluator: only when an evaluation falls in this run.
     evaluates = 0 < config.eval.every <= t.num_steps
@@ -180,11 +185,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         return shown
 
     def write_samples(step: int) -> None:
-        if sample_grid is None:
-            logging.warning(
-                "no preview grid in latent space; `python -m sara_jax.sample` decodes samples"
-            )
-            return
         params = state.ema_params if config.sample.use_ema else state.params
         grid = sample_grid(params["sit"], sample_key)
         rows, cols, h, w, c = grid.shape

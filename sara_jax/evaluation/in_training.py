@@ -6,6 +6,11 @@ Samples are drawn exactly as `python -m sara_jax.sample` draws them (sample i is
 `sample.seed` and i), only fewer and with `eval.num_steps`: the same checkpoint gives the same
 in-training and offline samples. Every process draws its share of the set and the features
 are gathered, so the figure does not depend on the number of hosts.
+
+An evaluation can be abandoned: after SIGTERM it raises `preemption.Preempted(ABANDONED)`
+before each chunk (every process draws as many chunks, so these are lock-step safe points),
+and with one process also while a chunk is drawn. Nothing of it is logged; the caller decides
+what to save.
 """
 
 from collections.abc import Callable
@@ -19,10 +24,13 @@ from jax.experimental import multihost_utils
 
 from sara_jax.data.pipeline import make_source
 from sara_jax.evaluation import metrics, shapes
+from sara_jax.io import preemption
 from sara_jax.sampling.sample_set import make_chunk_sampler
 
 PyTree = Any
 Featurize = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+ABANDONED = "the in-training evaluation was abandoned unfinished, none of it logged"
 
 
 def inception_featurizer(eval_config: ml_collections.ConfigDict) -> Featurize:
@@ -68,6 +76,10 @@ def make_monitor(
 ) -> Callable[[PyTree], dict[str, float]]:
     """`sit_params -> {metric: value}` of `eval.num_samples` samples, `eval.num_steps` steps.
 
+    The returned function raises `preemption.Preempted(ABANDONED)` once SIGTERM has arrived
+    (`preemption.requested`): with one process within the chunk being drawn, with several
+    before the next chunk.
+
     Args:
       featurize: uint8 images (N, H, W, 3) -> {name: (N, ...) features}.
       score: (every sample's features, their labels (N,)) -> the metrics to log.
@@ -85,10 +97,14 @@ def make_monitor(
 
     def evaluate(sit_params: PyTree) -> dict[str, float]:
         params = sampler.place(sit_params)
-        drawn = [sampler.draw(params, r) for r in rows]
-        features = [featurize(images) for images, _ in drawn]
+        features, labels = [], []
+        for r in rows:
+            preemption.check(ABANDONED)  # Before, not after: a finished evaluation is kept.
+            images, chunk_labels = sampler.draw(params, r, saved=ABANDONED)
+            features.append(featurize(images))
+            labels.append(chunk_labels)
         stacked = {k: gather(np.stack([f[k] for f in features])) for k in features[0]}
-        return score(stacked, gather(np.stack([labels for _, labels in drawn])))
+        return score(stacked, gather(np.stack(labels)))
 
     return evaluate
 

@@ -3,6 +3,17 @@
 Its label (uniform or i % classes), its noise and its sampler noise are keyed by i, so a set cut
 into chunks of `sample.batch_size` and drawn by any number of processes, devices or restarts is
 the same set. `python -m sara_jax.sample` and the in-training FID both draw with it.
+
+Preemption (`io/preemption`): every chunk already saved is kept and a rerun draws only the
+missing ones. With one process SIGTERM abandons the chunk being drawn (its device computation
+is not waited for). With several, JAX's runtime owns SIGTERM and the stop must be agreed at a
+point every process passes in the same order; chunks are therefore drawn in rounds (in round r
+process p draws chunk r * P + p if it is missing) and the sync point is consulted after each
+round, on every process, whatever it had to draw. All processes then stop after the same round,
+each after finishing the chunk it is drawing. Processes whose chunks were mostly saved before
+run ahead and may have left already: the sync then fails after the runtime's barrier timeout
+(minutes) and the others, held at that round, are ended by the scheduler's kill. Either way the
+saved chunks stay and a rerun continues.
 """
 
 from collections.abc import Callable
@@ -19,9 +30,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sara_jax.encoders.registry import encoder_width
-from sara_jax.io import files
-from sara_jax.models.dtype import dtype_of
+from sara_jax.io import files, preemption
 from sara_jax.sampling import denoiser
+from sara_jax.sampling.decode import latent_decoder
 from sara_jax.training.state import build_models, restore_params
 
 PyTree = Any
@@ -41,11 +52,13 @@ class ChunkSampler(NamedTuple):
     """Draws samples data parallel over this process's devices.
 
     place: SiT params (host or global arrays) -> a replica on this process's devices.
-    draw: (placed params, indices (B,)) -> (uint8 images (B, S, S, 3), labels (B,)).
+    draw: (placed params, indices (B,), saved=None) -> (uint8 images (B, S, S, 3), labels (B,)).
+      Given `saved`, SIGTERM abandons the drawing with `preemption.Preempted(saved)` (one
+      process; `preemption.wait`); without, the drawing runs to its end.
     """
 
     place: Callable[[PyTree], PyTree]
-    draw: Callable[[PyTree, np.ndarray], tuple[np.ndarray, np.ndarray]]
+    draw: Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
 def make_chunk_sampler(
@@ -57,20 +70,8 @@ def make_chunk_sampler(
     models = build_models(config, encoder_width(config.encoder))
     mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
     rows, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-    decode = None
-    if config.data.space == "latent":
-        from sara_jax.converters.vae import load_vae
-
-        vae, vae_params = load_vae(
-            config.vae.decode_checkpoint,
-            "config.vae.decode_checkpoint",
-            dtype_of(config.vae.compute_dtype),
-        )
-        vae_params = jax.device_put(vae_params, replicated)
-
-        def decode(z: jax.Array) -> jax.Array:
-            scaled = z / config.data.latent_scale
-            return vae.apply({"params": vae_params}, scaled, method=vae.decode)
+    decoder = latent_decoder(config)
+    vae_params = None if decoder is None else jax.device_put(decoder.params, replicated)
 
     noise_key = jax.random.fold_in(jax.random.key(s.seed), 1)
     denoise = denoiser.make_denoiser(config, models.sit, num_steps)
@@ -81,11 +82,13 @@ def make_chunk_sampler(
         return denoise(params, noise, label[None], jax.random.fold_in(key, 1))[0]
 
     @jax.jit
-    def chunk(params: PyTree, indices: jax.Array, labels: jax.Array) -> jax.Array:
+    def chunk(
+        params: PyTree, vae_params: PyTree | None, indices: jax.Array, labels: jax.Array
+    ) -> jax.Array:
         # One sample per index, batched: each sample's randomness is its own.
         x = jax.vmap(one_sample, in_axes=(None, 0, 0))(params, indices, labels)
-        if decode is not None:
-            x = decode(x)
+        if decoder is not None:
+            x = decoder.decode(vae_params, x)
         return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
     def place(params: PyTree) -> PyTree:
@@ -98,14 +101,19 @@ def make_chunk_sampler(
 
         return jax.tree.map(local, params)
 
-    def draw(params: PyTree, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def draw(
+        params: PyTree, indices: np.ndarray, saved: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         labels = sample_labels(config, indices)
         padded = np.resize(indices, s.batch_size)  # One compiled shape for the last chunk.
         out = chunk(
             params,
+            vae_params,
             jax.device_put(padded, rows),
             jax.device_put(np.resize(np.asarray(labels), s.batch_size), rows),
         )
+        if saved is not None:
+            out = preemption.wait(out, saved)
         return np.asarray(out)[: len(indices)], np.asarray(labels)
 
     return ChunkSampler(place, draw)
@@ -118,7 +126,11 @@ def _chunk_path(out: epath.Path, c: int) -> epath.Path:
 def sample_set(
     config: ml_collections.ConfigDict, workdir: str, process_index: int, process_count: int
 ) -> epath.Path | None:
-    """Draws this process's missing chunks; returns samples.npz once every chunk exists."""
+    """Draws this process's missing chunks; returns samples.npz once every chunk exists.
+
+    Raises `preemption.Preempted` at a safe point after SIGTERM (see the module docstring),
+    with every chunk drawn so far saved.
+    """
     s = config.sample
     if s.batch_size % jax.local_device_count():
         raise ValueError(
@@ -129,21 +141,30 @@ def sample_set(
     out = files.resolve(workdir) / f"samples_{step}"
     out.mkdir(parents=True, exist_ok=True)
     num_chunks = -(-s.num_samples // s.batch_size)
-    todo = [
-        c
-        for c in range(process_index, num_chunks, process_count)
-        if not _chunk_path(out, c).exists()
-    ]
+    # Round r's chunk of this process is r * P + p; the last round may have none.
+    rounds = [r * process_count + process_index for r in range(-(-num_chunks // process_count))]
+    mine = [c for c in rounds if c < num_chunks]
+    todo = {c for c in mine if not _chunk_path(out, c).exists()}
+    saved = len(mine) - len(todo)
     logging.info("step %d: %d chunks, %d of mine to draw", step, num_chunks, len(todo))
+
+    def kept() -> str:
+        whose = "" if process_count == 1 else f" of process {process_index}"
+        return f"{saved} of the {len(mine)} chunks{whose} saved in {out}"
+
+    preemption.check(kept())  # Restoring a large checkpoint takes a while.
     if todo:
         sampler = make_chunk_sampler(config)
         sit_params = sampler.place(params["sit"])
-        with tqdm.tqdm(total=len(todo) * s.batch_size, unit="img") as progress:
-            for c in todo:
+    with tqdm.tqdm(total=len(todo) * s.batch_size, unit="img") as progress:
+        for c in rounds:
+            if c in todo:
                 indices = np.arange(c * s.batch_size, min((c + 1) * s.batch_size, s.num_samples))
-                samples, labels = sampler.draw(sit_params, indices)
+                samples, labels = sampler.draw(sit_params, indices, saved=kept())
                 files.write_npz(_chunk_path(out, c), arr_0=samples, arr_1=labels)
+                saved += 1
                 progress.update(len(indices))
+            preemption.check(kept())
     if not all(_chunk_path(out, c).exists() for c in range(num_chunks)):
         logging.info("other processes' chunks are still being drawn")
         return None

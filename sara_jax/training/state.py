@@ -118,7 +118,13 @@ def restore_params(
     """{"sit", "projector"} params (the EMA ones if `ema`) of workdir's newest good checkpoint
     (`checkpoints.restore_good`), and its step."""
     directory = files.resolve(workdir) / "checkpoints"
-    abstract = jax.eval_shape(lambda: config_train_state(config, jax.random.key(0)))
+    # Restored onto this process's first device, whatever mesh saved it: a sampling job may run
+    # on another topology than the training run did.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+        jax.eval_shape(lambda: config_train_state(config, jax.random.key(0))),
+    )
     # CheckpointManager would create a missing directory; a wrong --workdir must not.
     found = None
     if directory.is_dir():

@@ -5,6 +5,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+TFDS = "tensorflow-datasets>=4.9"  # One pin for the two extras that need it.
 
 
 def _requirements() -> list[str]:
@@ -22,13 +23,25 @@ setup(
     packages=find_packages(include=["sara_jax", "sara_jax.*"]),
     python_requires=">=3.11",
     install_requires=_requirements(),
-    # torch, transformers and diffusers: references of the parity tests; training needs none.
-    # nbclient, nbformat and ipykernel execute the Colab notebook; shellcheck lints launch/.
+    # `gcs`: gs:// workdirs without TensorFlow; gcsfs for orbax's checkpoints (etils.epath) and
+    # reading event files back (tensorboard's gfile stub), google-cloud-storage for tensorboardX's
+    # event file writer.
+    # `preprocess`: ImageNet from TFDS (`--config.preprocess.source=tfds`), which also brings
+    # pyarrow (about 200 MB in all); the default ImageNet folder source needs none of it.
     # `convert` reads pickled torch checkpoints (python -m sara_jax.convert); 2.5 allows
     # argparse.Namespace, which REPA's checkpoints hold, into its safe loading.
+    # `test`: torch, transformers and diffusers are references of the parity tests (training
+    # needs none); TensorFlow is the reference of ADM's TF1 bilinear resize (tests/parity/
+    # test_inception.py) and writes TFDS's test data, with TFDS for the TFDS source's tests;
+    # training never imports it (tests/e2e/test_run_log.py); nbclient, nbformat and ipykernel execute
+    # the Colab notebook; shellcheck lints launch/.
     extras_require={
+        "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.14"],
+        "preprocess": [TFDS],
         "convert": ["torch>=2.5"],
         "test": [
+            TFDS,
+            "tensorflow-cpu>=2.18",
             "pytest>=8",
             "ruff>=0.6",
             "torch==2.13.0",

@@ -5,9 +5,10 @@
         --workdir=gs://my-bucket/runs/sit_xl --config=configs/sit_xl.py [-- --config.x=y ...]
 
 creates the TPU (or reuses it), copies this checkout to every worker, installs it with
-`jax[tpu]`, and starts `python -m sara_jax.main --distributed` on all workers at once. The
-workdir must be a gs:// path: every worker writes checkpoints and logs there, and a TPU that is
-preempted or deleted loses nothing; the same command later resumes from the latest checkpoint.
+`jax[tpu]` and its `gcs` extra, and starts `python -m sara_jax.main --distributed` on all
+workers at once. The workdir must be a gs:// path: every worker writes checkpoints and logs
+there, and a TPU that is preempted or deleted loses nothing; the same command later resumes from
+the latest checkpoint.
 `up --watch` stays on and does that by itself: when the TPU is preempted it recreates it,
 reinstalls and restarts until the run finishes.
 
@@ -144,7 +145,8 @@ class Pod:
 
     def setup(self) -> None:
         """Copies this checkout (tracked and untracked, not ignored, files) to every worker
-        and installs it with jax[tpu] into a Python 3.11 virtual environment there."""
+        and installs it with jax[tpu] and the gcs extra into a Python 3.11 virtual environment
+        there."""
         a = self.args
         archive = f"/tmp/sara_jax-{a.name}.tar.gz"
         self.local(
@@ -160,7 +162,8 @@ class Pod:
             # Older pips ignore the variable; newer ones need it to install into --user.
             "PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --user --quiet --upgrade uv",
             f"{UV} venv --allow-existing --python 3.11 {VENV}",
-            f'{UV} pip install --python {VENV}/bin/python --upgrade "jax[tpu]" -e {CODE}',
+            # The gs:// workdir needs the gcs extra (no TensorFlow to reach Cloud Storage).
+            f'{UV} pip install --python {VENV}/bin/python --upgrade "jax[tpu]" -e {CODE}"[gcs]"',
         ]
         self.call(self.ssh(f"{IDLE_CHECK}; " + " && ".join(install)))
 

@@ -109,6 +109,22 @@ class ImageFolderSource:
         return {"image": image, "label": int(self._labels[index]), "id": rel_path}
 
 
+def _import_tfds():
+    """The tensorflow_datasets module; an ImportError naming the install line if it is missing
+    (it is the `preprocess` extra, not in the plain install)."""
+    try:
+        import tensorflow_datasets as tfds
+    except ModuleNotFoundError as e:
+        if e.name != "tensorflow_datasets":
+            raise
+        raise ImportError(
+            "reading ImageNet from TFDS (preprocess.source='tfds') needs tensorflow-datasets, "
+            "which the plain install leaves out: pip install -e '.[preprocess]' "
+            "(docs/install.md)"
+        ) from e
+    return tfds
+
+
 def _tfds_prepare_hint(name: str, data_dir: str) -> str:
     """How to prepare `name` under `data_dir` for random access."""
     if name.split("/")[0] == TFDS_DEFAULT_NAME:
@@ -144,7 +160,7 @@ def _tfds_diagnosis(name: str, split: str, data_dir: str) -> Exception | None:
     the tfrecord format, and an unknown name lists every registered data set), so this looks at
     what is on disk instead.
     """
-    import tensorflow_datasets as tfds
+    tfds = _import_tfds()
 
     hint = _tfds_prepare_hint(name, data_dir)
     try:
@@ -206,7 +222,7 @@ class TfdsSource:
             raise FileNotFoundError(
                 f"TFDS data_dir {data_dir!r} does not exist. {_tfds_prepare_hint(name, data_dir)}"
             )
-        import tensorflow_datasets as tfds
+        tfds = _import_tfds()
 
         try:
             source = tfds.data_source(

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import tensorflow as tf
 from helpers import EVAL, STEP, fake_featurize, symmetric_sqrtm
 
 from sara_jax.evaluation import in_training, metrics
+from sara_jax.io.events import read_scalars
 from sara_jax.sampling.sample_set import make_chunk_sampler
 from sara_jax.training import loop
 from sara_jax.training.state import build_models, create_train_state
@@ -40,13 +40,8 @@ def test_fid_scores_exactly_the_samples_the_sample_job_draws(monkeypatch, tiny_c
 
 def scalars(workdir: Path, tag: str) -> dict[int, float]:
     """{step: value} of a scalar tag in the TensorBoard event files under workdir."""
-    out = {}
-    for path in workdir.glob("events.out.tfevents.*"):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            for value in event.summary.value:
-                if value.tag == tag:
-                    out[event.step] = float(tf.make_ndarray(value.tensor))
-    return out
+    steps, values = read_scalars(str(workdir)).get(tag, ([], []))
+    return dict(zip(np.asarray(steps).tolist(), np.asarray(values).tolist(), strict=True))
 
 
 def test_the_train_loop_logs_fid_every_k_steps(tmp_path, monkeypatch, tiny_config):

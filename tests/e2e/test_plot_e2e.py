@@ -7,11 +7,11 @@ import time
 
 import numpy as np
 import pytest
-from clu import metric_writers
 from PIL import Image
 from test_main import run_main
 
 from sara_jax import plot
+from sara_jax.io.tensorboard import create_writer
 
 TERMS = ["loss", "velocity", "patch", "struc", "adv", "disc_loss"]
 
@@ -28,7 +28,7 @@ def trained(tmp_path_factory):
 def write_scalars(workdir, values: dict[int, dict[str, float]]) -> None:
     """A new event file in `workdir` (named after the existing ones: newer) with `values`."""
     time.sleep(1.1)  # Event file names start with the creation second.
-    writer = metric_writers.SummaryWriter(str(workdir))
+    writer = create_writer(workdir, just_logging=False)
     for step, scalars in values.items():
         writer.write_scalars(step, scalars)
     writer.close()

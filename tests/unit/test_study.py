@@ -8,16 +8,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from absl import app
-from clu import metric_writers
 
 from configs import demo
 from sara_jax import study as study_command
 from sara_jax.evaluation import study
+from sara_jax.io import files, preemption
 from sara_jax.io.events import read_scalars
+from sara_jax.io.tensorboard import create_writer
 
 
 def write_curve(workdir: Path, tag: str, points: dict[int, float]) -> None:
-    writer = metric_writers.SummaryWriter(str(workdir))
+    writer = create_writer(workdir, just_logging=False)
     for step, value in points.items():
         writer.write_scalars(step, {tag: value})
     writer.close()
@@ -130,18 +131,24 @@ def test_a_preempted_arm_is_not_marked_finished_and_a_finished_one_is_skipped(
     tmp_path, monkeypatch
 ):
     config = demo.get_config()
-    reached = iter([7, config.train.num_steps])  # Preempted at step 7, then resumed to the end.
-    monkeypatch.setattr(
-        study_command.loop, "train_and_evaluate", lambda c, w: SimpleNamespace(step=next(reached))
-    )
     workdir = tmp_path / "sara" / "seed0"
-    assert not study_command.run_arm(config, str(workdir), "sara", 0)
+
+    def preempted(c, w):
+        files.resolve(w).mkdir(parents=True)  # As the loop leaves it: checkpoints, no marker.
+        raise preemption.Preempted("saved step 7")
+
+    monkeypatch.setattr(study_command.loop, "train_and_evaluate", preempted)
+    with pytest.raises(preemption.Preempted, match="saved step 7"):
+        study_command.run_arm(config, str(workdir), "sara", 0)
     assert not (workdir / "arm.json").exists()
-    assert study_command.run_arm(config, str(workdir), "sara", 0)
+
+    finished = SimpleNamespace(step=config.train.num_steps)
+    monkeypatch.setattr(study_command.loop, "train_and_evaluate", lambda c, w: finished)
+    study_command.run_arm(config, str(workdir), "sara", 0)
     assert json.loads((workdir / "arm.json").read_text())["steps"] == config.train.num_steps
 
     def fail(c, w):
         raise AssertionError("a finished arm was trained again")
 
     monkeypatch.setattr(study_command.loop, "train_and_evaluate", fail)
-    assert study_command.run_arm(config, str(workdir), "sara", 0)
+    study_command.run_arm(config, str(workdir), "sara", 0)

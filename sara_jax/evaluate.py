@@ -47,6 +47,14 @@ def evaluate(
     }
 
 
+def load_samples(path: str) -> np.ndarray:
+    """The uint8 images (N, H, W, 3) in `arr_0` of the --samples .npz at `path`; a ValueError
+    naming the file and what it holds otherwise (pickled objects, no arr_0, another dtype or
+    shape)."""
+    name = f"--samples={path}"
+    return metrics.check_images(metrics.read_npz(path, name, metrics.IMAGES), name)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -56,13 +64,12 @@ def main(argv: list[str]) -> None:
     samples_path = Path(f.samples)
     if not samples_path.is_file():
         raise FileNotFoundError(f"--samples={f.samples!r}: no such file")
-    with np.load(samples_path) as data:
-        if "arr_0" not in data:
-            raise ValueError(f"--samples={f.samples!r} has no arr_0 (keys: {sorted(data)})")
-        samples = data["arr_0"]
+    # Read first, so a bad input file fails at once rather than after the weights load.
+    samples = load_samples(f.samples)
+    reference = metrics.load_reference(f.reference)
     model, variables = load_inception(f.inception, "--inception")
     featurize = inception.make_featurizer(model, variables, f.batch_size, f.preprocessing)
-    results = evaluate(samples, metrics.load_reference(f.reference), featurize)
+    results = evaluate(samples, reference, featurize)
     out = Path(f.out) if f.out else samples_path.with_name("metrics.json")
     write_json(out, {**results, "reference": f.reference, "preprocessing": f.preprocessing})
     for name, value in results.items():

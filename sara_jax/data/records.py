@@ -12,20 +12,26 @@ order; `dataset.json` lists the shards with their record counts and sha256, and 
 only when every shard is complete.
 """
 
+import bisect
+import concurrent.futures
+import dataclasses
 import hashlib
 import io
+import itertools
 import json
 from pathlib import Path
 from typing import Any
 
 import grain
 import numpy as np
+from array_record.python.array_record_module import ArrayRecordReader
 from flax import serialization
 from PIL import Image
 
 INFO_FILE = "dataset.json"
 FIELDS = ("image", "latent_mean", "latent_std", "label", "id")
 TRAIN_FIELDS = ("image", "latent_mean", "latent_std", "label")
+REWRITE = "re-run `python -m sara_jax.preprocess` with the same config to rewrite it"
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:
@@ -98,8 +104,39 @@ def read_info(directory: str, field: str = "config.data.dir") -> dict[str, Any]:
     return json.loads((path / INFO_FILE).read_text())
 
 
+def damaged_shard(path: Path | str, problem: str, err: Exception) -> ValueError:
+    """The error for a shard that fails to read: its path, what is wrong, and the fix."""
+    detail = str(err) or f"{type(err).__name__} without a message"
+    return ValueError(f"record shard {path} {problem} ({detail}); {REWRITE}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _ShardSpan:
+    """A whole shard in array_record's FileInstruction form, so the data source takes its
+    record count from us instead of opening every shard a second time."""
+
+    filename: str
+    skip: int
+    take: int
+    examples_in_shard: int
+
+
+def _num_records(path: Path) -> int:
+    try:
+        reader = ArrayRecordReader(str(path))
+        try:
+            return reader.num_records()
+        finally:
+            reader.close()
+    except (RuntimeError, OSError) as err:
+        raise damaged_shard(path, "cannot be opened: it is truncated or corrupt", err) from err
+
+
 class RecordsSource:
     """Random access to the preprocessed examples, decoded (in grain's worker processes).
+
+    A shard that cannot be read (truncated, bytes changed) raises a ValueError naming it and
+    saying how to rewrite it, when the source opens or when its record is read.
 
     Args:
       directory: the preprocess output (data.dir).
@@ -112,7 +149,21 @@ class RecordsSource:
         paths = [root / shard["file"] for shard in self.info["shards"]]
         if missing := [p.name for p in paths if not p.is_file()]:
             raise FileNotFoundError(f"data.dir={directory!r} lacks shards {missing[:5]}")
-        self._records = grain.sources.ArrayRecordDataSource([str(p) for p in paths])
+        # Opening reads each shard's footer: a truncated or damaged one fails here, and the
+        # error has to be caught per shard to say which one it is.
+        with concurrent.futures.ThreadPoolExecutor(min(len(paths), 16)) as pool:
+            counts = list(pool.map(_num_records, paths))
+        for path, count, shard in zip(paths, counts, self.info["shards"], strict=True):
+            if count != shard["num_records"]:
+                raise ValueError(
+                    f"record shard {path} holds {count} records, {INFO_FILE} says "
+                    f"{shard['num_records']}; {REWRITE}"
+                )
+        self._paths = paths
+        self._ends = list(itertools.accumulate(counts))
+        self._records = grain.sources.ArrayRecordDataSource(
+            [_ShardSpan(str(p), 0, n, n) for p, n in zip(paths, counts, strict=True)]
+        )
         self._fields = fields
         if len(self._records) != self.info["num_examples"]:
             raise ValueError(
@@ -123,5 +174,22 @@ class RecordsSource:
     def __len__(self) -> int:
         return len(self._records)
 
+    def _where(self, index: int) -> tuple[Path, int]:
+        """(shard, position in it) of example `index`."""
+        shard = bisect.bisect_right(self._ends, index)
+        return self._paths[shard], index - (self._ends[shard - 1] if shard else 0)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return decode_example(self._records[index], self._fields)
+        # A byte changed inside a record's chunk only shows when that record is read (in a
+        # grain worker process when data.num_workers > 0, which passes the error on).
+        try:
+            record = self._records[index]
+        except (RuntimeError, OSError) as err:
+            path, position = self._where(index)
+            raise damaged_shard(path, f"is corrupt at record {position}", err) from err
+        try:
+            return decode_example(record, self._fields)
+        except (ValueError, OSError) as err:
+            path, position = self._where(index)
+            problem = f"holds a record ({position}) that is not a preprocess example"
+            raise damaged_shard(path, problem, err) from err

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -25,7 +24,7 @@ import optax
 from absl import logging
 
 from sara_jax.encoders.preprocess import imagenet_normalize
-from sara_jax.io import files
+from sara_jax.io import files, preemption
 from sara_jax.models.dinov2 import DinoV2
 
 PyTree = Any
@@ -47,9 +46,12 @@ def fit_classifier(
 ) -> PyTree:
     """`steps` AdamW steps (peak `lr`, cosine decay, weight decay 1e-4) on cross-entropy.
 
+    Stops at a step boundary with `preemption.Preempted` after SIGTERM: nothing is cached
+    until the run ends, so the rerun starts it again (and gets the same params).
+
     Args:
       images: (N, H, W, 3); labels: (N,) int; batches of `batch_size` distinct examples.
-      name: what the progress log lines call the run.
+      name: what the progress and preemption log lines call the run.
     Returns: the trained params.
     """
     tx = optax.adamw(optax.cosine_decay_schedule(lr, steps), weight_decay=1e-4)
@@ -67,6 +69,10 @@ def fit_classifier(
 
     rng = np.random.default_rng(seed)
     for i in range(steps):
+        preemption.check(
+            f"{name} stopped at step {i}/{steps}; nothing is cached yet, so the "
+            "rerun starts it again"
+        )
         batch = rng.choice(len(images), size=batch_size, replace=False)
         params, opt_state, loss = step(params, opt_state, images[batch], labels[batch])
         if (i + 1) % max(steps // 5, 1) == 0:
@@ -176,16 +182,15 @@ def pretrain_demo_vit(
 
 
 def pretrained_demo_vit(config: ml_collections.ConfigDict, source: Sequence[dict]) -> PyTree:
-    """The demo encoder's params: from the cache if there, else pretrained now and cached."""
+    """The demo encoder's params: from the cache if it is usable, else pretrained now and
+    cached (a damaged cache is named in a warning and rewritten)."""
     path = _cache_path(config)
     module = demo_vit(config.encoder)
     size = config.encoder.image_size
     template = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
-    if path.exists():
-        logging.info("demo encoder: loading cached weights %s", path)
-        return flax.serialization.from_bytes(template["params"], path.read_bytes())
-    logging.info("demo encoder: pretraining (cached afterwards at %s)", path)
-    params, _ = pretrain_demo_vit(config, source)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    files.write_bytes(path, flax.serialization.to_bytes(params))
-    return params
+
+    def pretrain() -> PyTree:
+        logging.info("demo encoder: pretraining (cached afterwards at %s)", path)
+        return pretrain_demo_vit(config, source)[0]
+
+    return files.cached_tree(path, template["params"], pretrain, "demo encoder")

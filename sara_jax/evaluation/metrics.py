@@ -11,6 +11,7 @@ each function notes where it follows (or knowingly departs from) the reference.
 import dataclasses
 import os
 import warnings
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -220,6 +221,56 @@ def precision_recall(
     return float(fake_in.mean()), float(real_in.mean())
 
 
+IMAGES = "uint8 images (N, H, W, 3) with values 0..255 in arr_0"
+
+
+def read_npz(path: str, name: str, expected: str) -> dict[str, np.ndarray]:
+    """Every array of the .npz at `path`, never unpickling. Errors start with `name` (the flag
+    or field that gave `path`, or the path itself) and end with what was `expected`."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"\x93NUMPY"):
+        raise ValueError(f"{name} is a single .npy array, not an .npz archive; expected {expected}")
+    if not magic.startswith(b"PK"):
+        # numpy would call such a file a pickle and suggest unpickling it.
+        raise ValueError(f"{name} is not an .npz (zip) archive; expected {expected}")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{name} is truncated or damaged ({err}); expected {expected}") from err
+    out = {}
+    with npz:
+        for key in npz.files:
+            try:
+                out[key] = npz[key]
+            except ValueError as err:
+                if "allow_pickle" not in str(err):
+                    raise ValueError(f"{name}: {key} cannot be read ({err})") from err
+                # Unpickling would run code from the file, and objects are not images anyway.
+                raise ValueError(
+                    f"{name}: {key} holds pickled Python objects, which are not loaded; "
+                    f"expected {expected}"
+                ) from err
+            except (OSError, EOFError, zipfile.BadZipFile) as err:
+                raise ValueError(f"{name}: {key} cannot be read ({err})") from err
+    return out
+
+
+def check_images(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """`arrays["arr_0"]` if it is uint8 (N, H, W, 3); else a ValueError starting with `name`
+    that says what was found. Float images in [0, 1] or [-1, 1] are refused rather than
+    featurised as if they were 0..255, which would give meaningless metrics."""
+    if "arr_0" not in arrays:
+        raise ValueError(f"{name} has no arr_0 (it holds {sorted(arrays)}); expected {IMAGES}")
+    images = arrays["arr_0"]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            f"{name}: arr_0 is {images.dtype} {images.shape}; expected {IMAGES} "
+            "(`python -m sara_jax.sample` writes them)"
+        )
+    return images
+
+
 def load_reference(path: str) -> dict:
     """Reads a reference batch .npz (ADM's `VIRTUAL_imagenet256_labeled.npz` layout).
 
@@ -228,21 +279,25 @@ def load_reference(path: str) -> dict:
       "sfid":   FeatureStats from `mu_s`, `sigma_s` (spatial, 2023)
       "images": `arr_0`, uint8 (N, H, W, 3); ADM always recomputes reference pool features from
                 these for precision/recall (and for FID/sFID when the stats are absent).
+    Errors name the file and what was expected of it.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"reference batch not found: {path}")
+    arrays = read_npz(path, path, f"FID stats ('mu', 'sigma') and/or {IMAGES}")
     out = {}
-    with np.load(path) as npz:
-        keys = set(npz.files)
-        for name, (mu, sigma) in {"fid": ("mu", "sigma"), "sfid": ("mu_s", "sigma_s")}.items():
-            if mu in keys and sigma in keys:
-                out[name] = FeatureStats(npz[mu], npz[sigma])
-            elif mu in keys or sigma in keys:
-                raise ValueError(f"{path}: has only one of {mu!r}/{sigma!r}; keys: {sorted(keys)}")
-        if "arr_0" in keys:
-            out["images"] = npz["arr_0"]
+    for name, (mu, sigma) in {"fid": ("mu", "sigma"), "sfid": ("mu_s", "sigma_s")}.items():
+        if mu in arrays and sigma in arrays:
+            try:
+                out[name] = FeatureStats(arrays[mu], arrays[sigma])
+            except ValueError as err:
+                raise ValueError(f"{path}: {mu!r}/{sigma!r}: {err}") from err
+        elif mu in arrays or sigma in arrays:
+            raise ValueError(f"{path}: has only one of {mu!r}/{sigma!r}; keys: {sorted(arrays)}")
+    if "arr_0" in arrays:
+        out["images"] = check_images(arrays, path)
     if "fid" not in out and "images" not in out:
         raise ValueError(
-            f"{path}: expected FID stats ('mu', 'sigma') or images ('arr_0'); keys: {sorted(keys)}"
+            f"{path}: expected FID stats ('mu', 'sigma') or images ('arr_0'); "
+            f"keys: {sorted(arrays)}"
         )
     return out

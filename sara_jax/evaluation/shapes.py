@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import flax.linen as nn
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -116,25 +115,24 @@ def train_evaluator(
 def load_evaluator(
     shapes: ml_collections.ConfigDict, data: ml_collections.ConfigDict, batch_size: int = 500
 ) -> ShapesEvaluator:
-    """The evaluator of `config.eval.shapes` for `config.data`: cached weights if there, else
-    trained now and cached (written atomically)."""
+    """The evaluator of `config.eval.shapes` for `config.data`: cached weights if usable,
+    else trained now and cached (written atomically; a damaged cache is named in a warning and
+    rewritten)."""
     path = cache_path(shapes, data)
     model = ShapesClassifier(data.num_classes, shapes.width)
-    if path.exists():
-        logging.info("shapes evaluator: loading cached weights %s", path)
-        template = jax.eval_shape(
-            model.init, jax.random.key(0), jnp.zeros((1, data.image_size, data.image_size, 3))
-        )
-        stored = {"params": template["params"], "accuracy": 0.0}
-        stored = flax.serialization.from_bytes(stored, path.read_bytes())
-        params, accuracy = stored["params"], float(stored["accuracy"])
-    else:
+    template = jax.eval_shape(
+        model.init, jax.random.key(0), jnp.zeros((1, data.image_size, data.image_size, 3))
+    )
+
+    def train() -> dict[str, Any]:
         logging.info("shapes evaluator: training (cached afterwards at %s)", path)
         params, accuracy = train_evaluator(shapes, data)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        files.write_bytes(
-            path, flax.serialization.to_bytes({"params": params, "accuracy": accuracy})
-        )
+        return {"params": params, "accuracy": accuracy}
+
+    stored = files.cached_tree(
+        path, {"params": template["params"], "accuracy": 0.0}, train, "shapes evaluator"
+    )
+    params, accuracy = stored["params"], float(stored["accuracy"])
     apply = jax.jit(lambda images: model.apply({"params": params}, images))
 
     def featurize(images: np.ndarray) -> dict[str, np.ndarray]:

@@ -5,13 +5,18 @@ never leaves a truncated file that a reader or a resumed job would trust. Paths 
 etils.epath (as orbax and clu do): pathlib would fold `gs://b/run` into the local `gs:/b/run`.
 """
 
+import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+from absl import logging
 from etils import epath
+from flax import serialization
 from PIL import Image
 
 
@@ -56,6 +61,67 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     """Every array of the .npz at `path` (a pathlib or etils.epath Path)."""
     with path.open("rb") as f, np.load(f) as data:
         return {name: data[name] for name in data.files}
+
+
+def _tree_mismatch(tree: Any, template: Any) -> str | None:
+    """How `tree` differs from `template` (structure, leaf shapes and dtypes), or None."""
+    if jax.tree.structure(tree) != jax.tree.structure(template):
+        return "its tree of arrays is not the expected one"
+    for (where, leaf), want in zip(
+        jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(template), strict=True
+    ):
+        dtype = getattr(want, "dtype", None)  # Python scalars in the template have none.
+        if np.shape(leaf) != np.shape(want) or (dtype is not None and leaf.dtype != dtype):
+            found = f"{getattr(leaf, 'dtype', type(leaf).__name__)} {np.shape(leaf)}"
+            return f"{jax.tree_util.keystr(where)} is {found}, expected {dtype} {np.shape(want)}"
+    return None
+
+
+def _read_cached_tree(path: Path, template: Any) -> Any:
+    """The tree `cached_tree` stored at `path`; a ValueError saying why it is unusable."""
+    # msgpack has no checksum: a changed byte inside an array would be read without complaint.
+    stored = serialization.msgpack_restore(path.read_bytes())
+    if not (isinstance(stored, dict) and stored.keys() == {"sha256", "tree"}):
+        raise ValueError("it lacks the sha256 this version stores (an older version's cache?)")
+    if hashlib.sha256(stored["tree"]).hexdigest() != stored["sha256"]:
+        raise ValueError("its checksum does not match its content")
+    tree = serialization.from_bytes(template, stored["tree"])
+    if mismatch := _tree_mismatch(tree, template):
+        raise ValueError(mismatch)
+    return tree
+
+
+def cached_tree(path: Path, template: Any, build: Callable[[], Any], what: str) -> Any:
+    """The pytree cached at `path`, or `build()` written there (atomically) when the file is
+    missing or unusable: unreadable, damaged (a sha256 is stored with it) or not shaped like
+    `template`. An unusable one is named in a warning and overwritten.
+
+    Args:
+      path: the cache file (local).
+      template: the expected tree: arrays, jax.ShapeDtypeStruct or Python scalars as leaves.
+      build: computes the tree (same structure as `template`) when the cache cannot be used.
+      what: what the log lines call the tree, e.g. "demo encoder".
+    Returns: the tree, as stored (numpy leaves) or as `build` returned it.
+    """
+    if path.exists():
+        try:
+            tree = _read_cached_tree(path, template)
+        except Exception as err:  # Whatever is wrong with the file, rebuilding fixes it.
+            logging.warning(
+                "%s: the cache %s cannot be used (%s); rebuilding it and overwriting the file",
+                what,
+                path,
+                str(err) or type(err).__name__,
+            )
+        else:
+            logging.info("%s: loading cached weights %s", what, path)
+            return tree
+    tree = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = serialization.to_bytes(tree)
+    stored = {"sha256": hashlib.sha256(data).hexdigest(), "tree": data}
+    write_bytes(path, serialization.msgpack_serialize(stored))
+    return tree
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:

@@ -1,5 +1,8 @@
 """The shapes evaluator: a classifier that shares nothing with the alignment target, its
-Frechet distance and class accuracy, and its keyed cache."""
+Frechet distance and class accuracy, its keyed cache (rebuilt when damaged), and SIGTERM while
+it trains."""
+
+import logging
 
 import jax
 import ml_collections
@@ -8,6 +11,7 @@ import pytest
 
 from sara_jax.data.shapes import ShapesSource
 from sara_jax.evaluation import metrics, shapes
+from sara_jax.io import preemption
 
 
 def evaluator_config(cache_dir, **overrides) -> ml_collections.ConfigDict:
@@ -98,3 +102,37 @@ def test_the_cache_is_reused_for_the_same_config_and_retrains_for_another(tmp_pa
     shapes.load_evaluator(config, other_data)
     assert trained == [150, 7, 150]
     assert len(list(tmp_path.glob("shapes_evaluator-*.msgpack"))) == 3
+
+
+def quick_config(cache_dir) -> ml_collections.ConfigDict:
+    """A few steps on a few records: seconds, and as determined by its config as any."""
+    return evaluator_config(cache_dir, steps=3, num_train=64, num_test=32, batch_size=32)
+
+
+def test_a_truncated_cache_is_named_and_retrained_as_it_was(tmp_path, caplog):
+    config = quick_config(tmp_path)
+    first = shapes.load_evaluator(config, DATA)
+    path = shapes.cache_path(config, DATA)
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])  # As a copy cut short would leave it.
+    with caplog.at_level(logging.WARNING):
+        again = shapes.load_evaluator(config, DATA)
+    assert f"shapes evaluator: the cache {path} cannot be used (Unpack failed" in caplog.text
+    assert "rebuilding it and overwriting the file" in caplog.text
+    assert path.read_bytes() == good and again.accuracy == first.accuracy
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    for key, value in first.featurize(images).items():
+        np.testing.assert_array_equal(again.featurize(images)[key], value)
+
+
+def test_sigterm_stops_the_training_at_a_step_boundary_and_caches_nothing(tmp_path, monkeypatch):
+    asked = []
+
+    def requested() -> bool:  # SIGTERM arrives during the second of the three steps.
+        asked.append(1)
+        return len(asked) == 3
+
+    monkeypatch.setattr(preemption, "requested", requested)
+    with pytest.raises(preemption.Preempted, match="shapes evaluator stopped at step 2/3; "):
+        shapes.load_evaluator(quick_config(tmp_path / "cache"), DATA)
+    assert not (tmp_path / "cache").exists()

@@ -63,3 +63,57 @@ def test_a_set_against_itself(monkeypatch):
 
     with pytest.raises(ValueError, match="neither both statistics nor images"):
         evaluate.evaluate(images, {"fid": stats["fid"]}, fake_featurize)
+
+
+IMAGES = np.zeros((4, 8, 8, 3), np.uint8)
+BAD_NPZ = {
+    "pickled": (
+        {"arr_0": np.array([IMAGES, IMAGES[:2]], dtype=object)},
+        "arr_0 holds pickled Python objects, which are not loaded",
+    ),
+    "float": (
+        {"arr_0": np.full((4, 8, 8, 3), 0.5, np.float32)},
+        r"arr_0 is float32 \(4, 8, 8, 3\)",
+    ),
+    "shape": ({"arr_0": IMAGES[..., 0]}, r"arr_0 is uint8 \(4, 8, 8\)"),
+    "no_arr_0": ({"images": IMAGES}, r"has no arr_0 \(it holds \['images'\]\)"),
+}
+EXPECTED = r"uint8 images \(N, H, W, 3\) with values 0\.\.255 in arr_0"
+
+
+@pytest.mark.parametrize("kind", BAD_NPZ)
+def test_bad_samples_npz_is_refused_naming_the_file(tmp_path, kind):
+    arrays, found = BAD_NPZ[kind]
+    path = tmp_path / f"{kind}.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=rf"--samples={path}.*{found}.*expected {EXPECTED}"):
+        evaluate.load_samples(str(path))
+    np.savez(path, arr_0=IMAGES, arr_1=np.zeros(4, np.int32))
+    np.testing.assert_array_equal(evaluate.load_samples(str(path)), IMAGES)
+
+
+@pytest.mark.parametrize("kind", ["pickled", "float", "shape"])
+def test_bad_reference_images_are_refused_naming_the_file(tmp_path, kind):
+    arrays, found = BAD_NPZ[kind]
+    path = tmp_path / f"{kind}.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=rf"{path}: {found}.*{EXPECTED}"):
+        metrics.load_reference(str(path))
+
+
+def test_files_that_are_no_npz_are_named(tmp_path):
+    np.save(tmp_path / "one.npy", IMAGES)
+    (tmp_path / "text.npz").write_text("not an archive")
+    np.savez(tmp_path / "full.npz", arr_0=IMAGES)
+    data = (tmp_path / "full.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    for name, problem in [
+        ("one.npy", "is a single .npy array, not an .npz archive"),
+        ("text.npz", r"is not an .npz \(zip\) archive"),
+        ("cut.npz", "is truncated or damaged"),
+    ]:
+        path = tmp_path / name
+        with pytest.raises(ValueError, match=rf"--samples={path} {problem}.*; expected {EXPECTED}"):
+            evaluate.load_samples(str(path))
+        with pytest.raises(ValueError, match=rf"{path} {problem}.*; expected FID stats"):
+            metrics.load_reference(str(path))

@@ -2,10 +2,12 @@
 
 import concurrent.futures
 import json
+import re
 
 import numpy as np
 import pytest
 import tqdm
+from absl import flags
 
 from sara_jax.data import records
 from sara_jax.data.pipeline import make_train_iterator
@@ -122,3 +124,65 @@ def test_dataset_json_lists_every_shard(tmp_path):
     info = json.loads((tmp_path / records.INFO_FILE).read_text())
     assert [s["file"] for s in info["shards"]] == names
     assert sum(s["num_records"] for s in info["shards"]) == NUM
+
+
+def damage(path, how: str) -> None:
+    """Truncates the file at `path` to half its size, or flips every bit of one byte (the size
+    unchanged): at its middle, which in these small shards is the footer's block header, or
+    inside its first record's chunk."""
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+        return
+    data[len(data) // 2 if how == "flip middle" else 1000] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def named_with_the_fix(path) -> str:
+    return rf"record shard {re.escape(str(path))} .*python -m sara_jax\.preprocess` with the same"
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip middle"])
+def test_a_damaged_footer_is_named_when_the_source_opens(tmp_path, how):
+    names = write_dataset(tmp_path)
+    damage(tmp_path / names[1], how)
+    with pytest.raises(ValueError, match=named_with_the_fix(tmp_path / names[1])) as raised:
+        RecordsSource(str(tmp_path))
+    assert "cannot be opened: it is truncated or corrupt" in str(raised.value)
+    assert isinstance(raised.value.__cause__, RuntimeError)
+
+
+def test_a_changed_byte_in_a_record_is_named_when_the_record_is_read(tmp_path):
+    names = write_dataset(tmp_path)
+    damage(tmp_path / names[2], "flip record")
+    source = RecordsSource(str(tmp_path))  # Footers intact: opening succeeds.
+    first = NUM // 4 * 2  # Shard 2's first record.
+    assert source[first - 1]["label"] == raw_example(first - 1)["label"]
+    with pytest.raises(ValueError, match=named_with_the_fix(tmp_path / names[2])) as raised:
+        source[first]
+    assert "is corrupt at record 0 (Corrupted Riegeli/records file" in str(raised.value)
+    assert isinstance(raised.value.__cause__, RuntimeError)
+
+
+def test_a_shard_disagreeing_with_dataset_json_is_named(tmp_path):
+    write_dataset(tmp_path)
+    info = json.loads((tmp_path / records.INFO_FILE).read_text())
+    info["shards"][3]["num_records"] += 1
+    write_json(tmp_path / records.INFO_FILE, info)
+    with pytest.raises(ValueError, match=r"00003-of-00004\.array_record holds 6 records, dataset"):
+        RecordsSource(str(tmp_path))
+
+
+def test_a_damaged_shard_read_in_a_worker_process_is_named(tmp_path):
+    # grain 0.2.18 reads an absl flag in mp_prefetch; outside absl.app nothing has parsed them.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    names = write_dataset(tmp_path)
+    damage(tmp_path / names[0], "flip record")
+    source = RecordsSource(str(tmp_path), fields=("label",))
+    iterator = make_train_iterator(source, global_batch_size=NUM, seed=0, num_workers=1)
+    try:
+        with pytest.raises(ValueError, match=named_with_the_fix(tmp_path / names[0])):
+            next(iterator)
+    finally:
+        iterator.close()

@@ -102,8 +102,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         lambda key: create_train_state(config, models, encoder.num_tokens, key),
         out_shardings=replicated,
     )(jax.random.key(config.seed))
+    # clu's per-array tables go to the log at -v 1 only (io/cli.quiet_logs); this line always.
     parameter_overview.log_parameter_overview(state.params, msg="SiT and projector")
     parameter_overview.log_parameter_overview(state.disc, msg="discriminator")
+    counts = {
+        "SiT": state.params["sit"],
+        "projector": state.params["projector"],
+        "discriminator": state.disc["params"],
+    }
+    logging.info(
+        "parameters: %s",
+        ", ".join(f"{k} {parameter_overview.count_parameters(v):,}" for k, v in counts.items()),
+    )
     encoder_params = jax.device_put(encoder.params, replicated)
     iterator = make_train_iterator(
         source,

@@ -42,6 +42,7 @@ def test_a_short_run_logs_what_matters_and_a_finished_one_stops_at_once(tmp_path
     assert "config: the defaults but" in log and "  train: " in log and "num_steps=4" in log
     assert (tmp_path / "run" / "config.json").is_file()
     assert "compiling the training step" in log and "compiled; the first step took" in log
+    assert "parameters: SiT " in log and ", discriminator " in log
     assert "step 2/4 (50.0%)" in log and "ETA 0:00:" in log
     # Third-party INFO lines (orbax logs dozens per checkpoint) stay out of the default log.
     infos = [line for line in log.splitlines() if line.startswith("I1") or line.startswith("I0")]

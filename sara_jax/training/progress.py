@@ -14,19 +14,22 @@ class Progress:
     """Says how far a run is and when its training steps end.
 
     The first step's time includes compiling the step, so rates count from the end of the
-    first step: the first line comes at the second, then one every `every_seconds`. Time spent
-    in evaluations and sample grids is excluded through `pause` (the ETA is for the steps).
+    first step. The first line comes `first_seconds` later (steps are dispatched ahead of the
+    device, so a rate over a step or two would count dispatches, not steps), then one every
+    `every_seconds`. Time spent in evaluations and sample grids is excluded through `pause`
+    (the ETA is for the steps).
     """
 
     def __init__(
         self,
         num_steps: int,
         batch_size: int,
+        first_seconds: float = 10.0,
         every_seconds: float = 60.0,
         clock: Callable[[], float] = time.perf_counter,
     ):
         self._num_steps, self._batch = num_steps, batch_size
-        self._every, self._clock = every_seconds, clock
+        self._first, self._every, self._clock = first_seconds, every_seconds, clock
         self._start: tuple[int, float] | None = None  # (step, time) the rate counts from.
         self._shown: float | None = None
         self._paused = 0.0
@@ -41,7 +44,12 @@ class Progress:
         if self._start is None:
             self._start, self._paused = (done, now), 0.0
             return None
-        if self._shown is not None and now - self._shown < self._every and done < self._num_steps:
+        due = (
+            now - self._start[1] >= self._first
+            if self._shown is None
+            else (now - self._shown >= self._every)
+        )
+        if not due and done < self._num_steps:
             return None
         self._shown = now
         steps = done - self._start[0]

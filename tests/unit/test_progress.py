@@ -11,13 +11,15 @@ class Clock:
         return self.now
 
 
-def test_lines_start_at_the_second_step_then_every_interval():
+def test_lines_start_after_the_first_interval_then_every_interval():
     clock = Clock()
-    progress = Progress(num_steps=100, batch_size=8, every_seconds=60, clock=clock)
+    progress = Progress(num_steps=100, batch_size=8, first_seconds=4, every_seconds=60, clock=clock)
     clock.now = 70.0  # First step: compilation.
     assert progress.update(1) is None
-    clock.now = 72.0  # One step in 2 s.
-    assert progress.update(2) == "step 2/100 (2.0%): 0.5 steps/s, 4 images/s, ETA 0:03:16"
+    clock.now = 71.0
+    assert progress.update(2) is None  # 1 s of steps: not yet a rate.
+    clock.now = 74.0  # Two steps in 4 s.
+    assert progress.update(3) == "step 3/100 (3.0%): 0.5 steps/s, 4 images/s, ETA 0:03:14"
     clock.now = 100.0
     assert progress.update(16) is None  # Shown 28 s ago.
     progress.pause(10.0)  # An evaluation.

@@ -33,8 +33,8 @@ setup(
     # `test`: torch, transformers and diffusers are references of the parity tests (training
     # needs none); TensorFlow is the reference of ADM's TF1 bilinear resize (tests/parity/
     # test_inception.py) and writes TFDS's test data, with TFDS for the TFDS source's tests;
-    # training never imports it (tests/e2e/test_run_log.py); nbclient, nbformat and ipykernel execute
-    # the Colab notebook; shellcheck lints launch/.
+    # training never imports it (tests/e2e/test_run_log.py); nbclient, nbformat and ipykernel
+    # execute the Colab notebook; shellcheck lints launch/.
     extras_require={
         "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.14"],
         "preprocess": [TFDS],

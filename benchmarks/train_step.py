@@ -79,7 +79,9 @@ _TARGET = flags.DEFINE_string(
 _TARGET_MEMORY = flags.DEFINE_float(
     "target_memory_gib", None, "Override the --target GPU's memory size (GiB)."
 )
-_OUT = flags.DEFINE_string("out", None, "Write the results as JSON to this file.")
+_OUT = flags.DEFINE_string(
+    "out", None, "Write the results as JSON to this file (again after each mode)."
+)
 flags.mark_flags_as_required(["config"])
 
 PyTree = Any
@@ -439,18 +441,6 @@ def main(argv: list[str]) -> None:
     profile_dir = Path(_PROFILE_DIR.value) if _PROFILE_DIR.value else None
     modes = list(MODES) if _MODE.value == "all" else [_MODE.value]
     results = {}
-    for mode in modes:
-        results[mode] = benchmark(
-            config,
-            mode,
-            batch,
-            mesh,
-            _STEPS.value,
-            _WARMUP.value,
-            peak,
-            profile_dir,
-            ahead_of_time=bool(_TARGET.value),
-        )
     report = {
         "device_kind": kind,
         "platform": devices[0].platform,
@@ -465,14 +455,26 @@ def main(argv: list[str]) -> None:
         "model": {k: config.model[k] for k in ("depth", "hidden_size", "patch_size")},
         "encoder": config.encoder.name,
         "results": results,
-        "overheads": overheads(results),
     }
+    for mode in modes:
+        results[mode] = benchmark(
+            config,
+            mode,
+            batch,
+            mesh,
+            _STEPS.value,
+            _WARMUP.value,
+            peak,
+            profile_dir,
+            ahead_of_time=bool(_TARGET.value),
+        )
+        report["overheads"] = overheads(results)
+        if _OUT.value:  # After each mode: a run stopped by a time box keeps the modes it did.
+            write_json(Path(_OUT.value), report)
     print(f"{kind} x {len(devices)}, jax {jax.__version__}, global batch {batch}")
     print_table(results)
     for name, value in report["overheads"].items():
         print(f"{name}: {value:+.1%} step time")
-    if _OUT.value:
-        write_json(Path(_OUT.value), report)
 
 
 if __name__ == "__main__":

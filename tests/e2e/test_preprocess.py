@@ -121,7 +121,7 @@ def test_killed_run_resumes_to_identical_output(inputs, reference, tmp_path):
     assert files(out) == files(reference)
 
 
-def test_training_runs_from_the_records(reference, tmp_path):
+def test_training_runs_from_the_records(inputs, reference, tmp_path):
     result = run(
         [
             sys.executable,
@@ -132,6 +132,7 @@ def test_training_runs_from_the_records(reference, tmp_path):
             "--config.data.source=records",
             f"--config.data.dir={reference}",
             "--config.data.space=latent",
+            f"--config.vae.decode_checkpoint={inputs / 'vae'}",  # Previews decode the latents.
             "--config.eval.every=0",  # The demo's shapes evaluation needs the shapes data.
             f"--config.data.num_examples={CLASSES * PER_CLASS}",
             f"--config.data.num_classes={CLASSES}",

@@ -285,12 +285,18 @@ def load_reference(path: str) -> dict:
         raise FileNotFoundError(f"reference batch not found: {path}")
     arrays = read_npz(path, path, f"FID stats ('mu', 'sigma') and/or {IMAGES}")
     out = {}
-    for name, (mu, sigma) in {"fid": ("mu", "sigma"), "sfid": ("mu_s", "sigma_s")}.items():
+    stats = {"fid": ("mu", "sigma", POOL_DIM), "sfid": ("mu_s", "sigma_s", SPATIAL_DIM)}
+    for name, (mu, sigma, dim) in stats.items():
         if mu in arrays and sigma in arrays:
             try:
                 out[name] = FeatureStats(arrays[mu], arrays[sigma])
             except ValueError as err:
                 raise ValueError(f"{path}: {mu!r}/{sigma!r}: {err}") from err
+            if out[name].mu.shape != (dim,):
+                raise ValueError(
+                    f"{path}: {mu!r}/{sigma!r} are stats of {out[name].mu.shape[0]} features; "
+                    f"{name} compares the Inception's {dim} (ADM's reference batches hold them)"
+                )
         elif mu in arrays or sigma in arrays:
             raise ValueError(f"{path}: has only one of {mu!r}/{sigma!r}; keys: {sorted(arrays)}")
     if "arr_0" in arrays:

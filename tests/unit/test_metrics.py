@@ -200,8 +200,8 @@ def test_load_reference_adm_layout(tmp_path):
     rng = np.random.default_rng(8)
     path = tmp_path / "VIRTUAL_ref.npz"
     images = rng.integers(0, 256, size=(4, 8, 8, 3), dtype=np.uint8)
-    mu, sigma = rng.normal(size=3), _random_spd(rng, 3)
-    mu_s, sigma_s = rng.normal(size=2), _random_spd(rng, 2)
+    mu, sigma = rng.normal(size=2048), np.diag(rng.uniform(1, 2, 2048))
+    mu_s, sigma_s = rng.normal(size=2023), np.diag(rng.uniform(1, 2, 2023))
     np.savez(path, arr_0=images, mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s)
     ref = metrics.load_reference(str(path))
     assert set(ref) == {"fid", "sfid", "images"}
@@ -227,5 +227,9 @@ def test_load_reference_errors_name_file_and_keys(tmp_path):
     np.savez(half, arr_0=np.zeros((1, 2, 2, 3)), mu=np.zeros(3))
     with pytest.raises(ValueError, match="sigma"):
         metrics.load_reference(str(half))
+    small = tmp_path / "small.npz"
+    np.savez(small, mu=np.zeros(3), sigma=np.eye(3))
+    with pytest.raises(ValueError, match=r"small\.npz: 'mu'/'sigma' are stats of 3 .* 2048"):
+        metrics.load_reference(str(small))
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         metrics.load_reference(str(tmp_path / "missing.npz"))

@@ -4,13 +4,13 @@
 Samples as the DiT paper evaluates: DDPM on 250 respaced steps, no guidance.
 """
 
-from sara_jax.config import METHODS, paper_config
+from sara_jax.config import METHODS, method_terms, paper_config
 
 VARIANTS = tuple(METHODS)
 
 
 def get_config(arg: str = "sara"):
-    config = paper_config("XL", 8, 400_000, METHODS[arg])
+    config = paper_config("XL", 8, 400_000, method_terms(arg))
     config.model.family = "dit"  # eps + learned variance, L_simple + L_vlb (config.diffusion).
     config.sample.method = "ddpm"  # On sample.num_steps = 250 respaced steps.
     return config

@@ -3,12 +3,12 @@
 `--config=configs/sit_xl.py` is SARA; `:repa` aligns patches only, `:none` trains a plain SiT.
 """
 
-from sara_jax.config import METHODS, paper_config
+from sara_jax.config import METHODS, method_terms, paper_config
 
 VARIANTS = tuple(METHODS)
 
 
 def get_config(arg: str = "sara"):
-    config = paper_config("XL", 8, 2_000_000, METHODS[arg])
+    config = paper_config("XL", 8, 2_000_000, method_terms(arg))
     config.sample.cfg_scale = 1.35  # Table 1b's guidance scale (no guidance interval).
     return config

@@ -10,7 +10,7 @@ the hub: download the file the registry's `download` names and point `encoder.ch
 are (16 x 16 patches of 16 px), as REPA does.
 """
 
-from sara_jax.config import METHODS, paper_config
+from sara_jax.config import method_terms, paper_config
 from sara_jax.encoders.registry import ENCODERS
 
 # REPA's local files (utils.load_encoders) for the encoders that are not on the hub; the "./"
@@ -32,8 +32,13 @@ VARIANTS = tuple(
 
 
 def get_config(arg: str = "dinov2_vitb14,sara,8"):
-    encoder, method, depth = arg.split(",")
-    config = paper_config("L", int(depth), 400_000, METHODS[method])
+    encoder, method, depth = (*arg.split(","), "", "")[:3]
+    if encoder not in ENCODERS or not depth.isdigit():
+        raise ValueError(
+            f"{arg!r}: expected ENCODER,METHOD,DEPTH (e.g. {VARIANTS[0]}), ENCODER one of "
+            f"{', '.join(ENCODERS)}"
+        )
+    config = paper_config("L", int(depth), 400_000, method_terms(method))
     config.encoder.name = encoder
     config.encoder.checkpoint = ENCODERS[encoder].hub_id or REPA_FILES[encoder]
     if ENCODERS[encoder].patch_size == 16:

@@ -27,6 +27,7 @@ __all__ = [
     "base_config",
     "describe",
     "flat_items",
+    "method_terms",
     "paper_config",
     "set_alignment",
     "sit_preset",
@@ -125,6 +126,13 @@ def paper_config(
 
 # The methods compared throughout the paper, as sets of alignment terms.
 METHODS = {"sara": "patch,struc,adv", "repa": "patch", "none": "none"}
+
+
+def method_terms(method: str) -> str:
+    """METHODS[method], or a ValueError naming the choices (what a config's `:method` gets)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    return METHODS[method]
 
 
 def set_alignment(config: ml_collections.ConfigDict, terms: str) -> None:

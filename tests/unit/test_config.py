@@ -299,3 +299,17 @@ def test_variants_switch_the_right_terms():
     assert sit_xl.get_config().sample.cfg_scale == 1.35
     with pytest.raises(ValueError, match="unknown alignment terms"):
         set_alignment(base_config(), "patch,strucc")
+
+
+@pytest.mark.parametrize(
+    "module,arg,message",
+    [
+        (sit_xl, "bogus", r"unknown method 'bogus'; choose from sara, repa, none"),
+        (table5_encoders, "dinov2_vitb14,repaa,8", r"unknown method 'repaa'"),
+        (table5_encoders, "foo,sara,8", r"'foo,sara,8': expected ENCODER,.*clip_vitl14"),
+        (table5_encoders, "dinov2_vitb14", r"expected ENCODER,METHOD,DEPTH \(e\.g\. dinov2_vitb14"),
+    ],
+)
+def test_a_bad_config_argument_names_the_choices(module, arg, message):
+    with pytest.raises(ValueError, match=message):
+        module.get_config(arg)

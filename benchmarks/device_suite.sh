@@ -35,6 +35,7 @@
 # 8 files come back, the STEP.json files go packed as results.tar.gz. All are rewritten after
 # each step, so a suite stopped from outside keeps what it measured.
 # Packages missing here are installed from the wheels in .whl/ (benchmarks/device_wheels.sh).
+# The device record and the summary are written by benchmarks/device_suite_report.py.
 set -euo pipefail
 
 usage="usage: bash benchmarks/device_suite.sh [--smoke] [--out DIR] [--only A,B] [--budget S]
@@ -199,19 +200,7 @@ step_command() { # Sets `cmd` to step $1's python arguments.
 # --- Wheels: installed only when a package they hold is missing. -------------------------------
 wheels_note="no .whl folder"
 if compgen -G ".whl/*.whl" >/dev/null; then
-  missing=$("$python" - .whl/*.whl <<'EOF'
-import importlib.metadata as md
-import sys
-
-for wheel in sys.argv[1:]:
-    name = wheel.rsplit("/", 1)[-1].split("-")[0]
-    try:
-        md.version(name)
-    except md.PackageNotFoundError:
-        print(name, end=" ")
-EOF
-  )
-  missing=${missing% }
+  missing=$("$python" -m benchmarks.device_suite_report missing .whl/*.whl)
   if [[ -z $missing ]]; then
     wheels_note="not needed: their packages are installed"
   elif "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -232,43 +221,8 @@ if command -v nvidia-smi >/dev/null; then
 fi
 info_status=0
 no_run="" # Why no step can run, if none can.
-timeout --kill-after=10 90 "$python" - "$work/info.json" "${prefix:-}" \
-  >"$work/info.out" 2>&1 <<'EOF' || info_status=$?
-"""Writes the device JSON: kind, platform, count, memory JAX may use, versions, file prefix."""
-import importlib.metadata as md
-import json
-import platform
-import re
-import sys
-
-import jax
-
-devices = jax.devices()
-kind = devices[0].device_kind
-limit = (devices[0].memory_stats() or {}).get("bytes_limit")
-versions = {}
-for name in ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "flax", "optax",
-             "orbax-checkpoint", "ml-collections", "numpy"):
-    try:
-        versions[name] = md.version(name)
-    except md.PackageNotFoundError:
-        pass
-short = kind.lower().removeprefix("nvidia ").split()[0] if kind else "device"
-info = {
-    "device_kind": kind,
-    "platform": devices[0].platform,
-    "num_devices": len(devices),
-    "devices": [str(d) for d in devices],
-    "memory_limit_gib": None if limit is None else limit / 2**30,
-    "python": platform.python_version(),
-    "versions": versions,
-    "prefix": sys.argv[2] or re.sub(r"[^a-z0-9]+", "_", short),
-}
-with open(sys.argv[1], "w") as f:
-    json.dump(info, f, indent=2)
-print(f"{kind} x {len(devices)} ({devices[0].platform}), python {info['python']}, " +
-      ", ".join(f"{k} {v}" for k, v in versions.items()))
-EOF
+timeout --kill-after=10 90 "$python" -m benchmarks.device_suite_report device \
+  "$work/info.json" "${prefix:-}" >"$work/info.out" 2>&1 || info_status=$?
 cat "$work/info.out"
 if ((info_status != 0)); then
   no_run="JAX did not start (exit $info_status)"
@@ -309,128 +263,8 @@ publish() {
   else
     cp "$work"/named/*.json "$out_dir/"
   fi
-  "$python" - "$work" "$out_dir" "$prefix" "$budget" "$SECONDS" "$smoke" "$wheels_note" \
-    >"$work/summary.txt" <<'EOF'
-"""The suite's summary (suite.txt, printed) and record (suite.json) from the steps so far."""
-import json
-import sys
-from pathlib import Path
-
-work, out, prefix, budget, elapsed, smoke, wheels = sys.argv[1:]
-work, out = Path(work), Path(out)
-
-
-def load(path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def fmt(value, spec, scale=1.0):
-    return "n/a" if value is None else format(value * scale, spec)
-
-
-info = load(work / "info.json") or {}
-smi = work / "nvidia_smi.txt"
-steps = []
-for line in (work / "status.tsv").read_text().splitlines():
-    name, status, rc, seconds, limit, command = line.split("\t")
-    steps.append({
-        "name": name, "status": status, "exit_code": None if rc == "" else int(rc),
-        "seconds": int(seconds), "time_box_s": int(limit), "command": command,
-        "json": f"{prefix}_{name}.json" if (work / "json" / f"{name}.json").exists() else None,
-        "report": load(work / "json" / f"{name}.json"),
-    })
-record = {
-    "suite": "benchmarks/device_suite.sh", "smoke": smoke == "true", "prefix": prefix,
-    "budget_s": int(budget), "elapsed_s": int(elapsed), "wheels": wheels, "device": info,
-    "nvidia_smi": smi.read_text() if smi.exists() else None, "steps": steps,
-}
-
-lines = []
-kind = info.get("device_kind", "unknown device")
-versions = ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items())
-lines.append(f"Device suite{' (SMOKE: tiny demo configs on CPU)' if smoke == 'true' else ''}: "
-             f"{kind} x {info.get('num_devices', '?')}, "
-             f"{fmt(info.get('memory_limit_gib'), '.1f')} GiB for JAX; {versions}")
-lines.append(f"{elapsed} s of a {budget} s budget; files in {out}, prefix {prefix}_")
-lines.append("")
-lines.append(f"{'step':<24} {'status':<40} {'s':>5} {'box':>5}")
-for s in steps:
-    lines.append(f"{s['name']:<24} {s['status']:<40} {s['seconds']:>5} {s['time_box_s']:>5}")
-
-train = [s for s in steps if s["report"] and "results" in s["report"]]
-if train:
-    lines.append("")
-    lines.append("Training step (MFU: analytic FLOPs over the dense bf16 peak; compile: trace + XLA)")
-    lines.append(f"{'step':<15} {'mode':<5} {'batch':>5} {'img/s':>9} {'step ms':>9} "
-                 f"{'MFU':>6} {'compile s':>9} {'XLA GiB':>8} {'peak GiB':>8}")
-    for s in train:
-        for mode, r in s["report"]["results"].items():
-            memory = r.get("memory", {})
-            lines.append(
-                f"{s['name']:<15} {mode:<5} {r.get('global_batch', 0):>5} "
-                f"{fmt(r.get('images_per_sec'), '9.1f')} {fmt(r.get('step_ms'), '9.1f')} "
-                f"{fmt(r.get('mfu'), '6.1%')} "
-                f"{fmt(r.get('trace_s', 0) + r.get('compile_s', 0), '9.1f')} "
-                f"{fmt(memory.get('compiled_gib'), '8.2f')} "
-                f"{fmt(memory.get('peak_in_use_gib'), '8.2f')}")
-        over = s["report"].get("overheads", {})
-        if over:
-            lines.append(f"{'':<15} step time: " + ", ".join(
-                f"{k.replace('_', ' ')} {v:+.1%}" for k, v in over.items()))
-
-samples = [s for s in steps if s["report"] and "batch_s" in s["report"]]
-if samples:
-    lines.append("")
-    lines.append("Sampling (noise to x0; MFU counts the SiT's velocity evaluations)")
-    lines.append(f"{'step':<24} {'method':<6} {'steps':>5} {'cfg':>5} {'evals':>5} "
-                 f"{'batch':>5} {'img/s':>8} {'s/batch':>8} {'MFU':>6} {'compile s':>9}")
-    for s in samples:
-        r = s["report"]
-        lines.append(
-            f"{s['name']:<24} {r['method']:<6} {r['num_steps']:>5} {r['cfg_scale']:>5} "
-            f"{r['velocity_evaluations']:>5} {r['batch']:>5} {r['images_per_sec']:>8.2f} "
-            f"{r['batch_s']:>8.2f} {fmt(r.get('mfu'), '6.1%')} {r['compile_s']:>9.1f}")
-
-for s in steps:
-    for mode, r in ((s["report"] or {}).get("results") or {}).items():
-        if r.get("profile"):
-            lines.append("")
-            lines.append(f"Profile, {s['name']} {mode} (share of the executable's op time):")
-            for group, shares in r["profile"].items():
-                items = shares.items() if isinstance(shares, dict) else shares
-                lines.append(f"  {group}: " + ", ".join(f"{n} {f:.1%}" for n, f in items))
-        elif "profile" in r:
-            lines.append(f"Profile, {s['name']} {mode}: the trace named no op (open the trace)")
-
-xl = {s["name"]: s["report"]["results"] for s in train if s["name"].startswith("sit_xl")}
-checks = []
-for name in ("sit_xl", "sit_xl_accum2"):
-    sara = xl.get(name, {}).get("sara", {})
-    if sara.get("mfu") is not None:
-        met = "met" if sara["mfu"] >= 0.5 else "MISSED"
-        checks.append(f"{name} SARA MFU {sara['mfu']:.1%} (>= 50%: {met})")
-    repa = xl.get(name, {}).get("repa", {})
-    if "step_ms" in sara and "step_ms" in repa:
-        over = sara["step_ms"] / repa["step_ms"] - 1
-        checks.append(f"{name} SARA over REPA {over:+.1%} (<= 10%: "
-                      f"{'met' if over <= 0.10 else 'MISSED'})")
-if checks:
-    lines.append("")
-    lines.append("Targets: " + "; ".join(checks))
-if unfinished := [s["name"] for s in steps if s["status"] != "ok"]:
-    lines.append("")
-    lines.append(f"Not done: {', '.join(unfinished)}. Rerun them (after a fix, or with what time "
-                 f"is left): bash benchmarks/device_suite.sh --only {','.join(unfinished)}")
-text = "\n".join(lines) + "\n"
-(out / f"{prefix}_suite.txt").write_text(text)
-tmp = out / f"{prefix}_suite.json.tmp"
-tmp.write_text(json.dumps(record, indent=2))
-tmp.replace(out / f"{prefix}_suite.json")
-print(text, end="")
-EOF
+  "$python" -m benchmarks.device_suite_report summary "$work" "$out_dir" "$prefix" "$budget" \
+    "$SECONDS" "$smoke" "$wheels_note" >"$work/summary.txt"
 }
 
 # --- One step: its command under its time box; its status recorded whatever happens. ----------

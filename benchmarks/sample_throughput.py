@@ -32,8 +32,8 @@ from sara_jax.models.dtype import dtype_of
 from sara_jax.models.vae import AutoencoderKL
 from sara_jax.sampling import denoiser
 from sara_jax.training import flops
+from sara_jax.training.sharding import AXIS, data_mesh
 from sara_jax.training.state import build_models
-from sara_jax.training.step import AXIS, data_mesh
 
 _CONFIG = cli.define_config()
 _BATCH = flags.DEFINE_integer("batch", None, "Samples per batch; default config.sample.batch_size.")

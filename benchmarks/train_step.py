@@ -57,8 +57,9 @@ from sara_jax.encoders.load import encoder_module, features_fn
 from sara_jax.io import cli
 from sara_jax.io.files import write_json
 from sara_jax.training import flops
+from sara_jax.training.sharding import AXIS, data_mesh
 from sara_jax.training.state import TrainState, build_models, create_train_state
-from sara_jax.training.step import AXIS, data_mesh, make_train_step
+from sara_jax.training.step import make_train_step
 
 # Mode -> alignment terms: a plain SiT, REPA, SARA (the configs' "none", "repa", "sara").
 MODES = {"sit": METHODS["none"], "repa": METHODS["repa"], "sara": METHODS["sara"]}

@@ -302,12 +302,21 @@ RULES["preprocess"] = {
 }
 
 
+# train.state_sharding's layouts (training/sharding.py).
+STATE_SHARDINGS = ("replicated", "weight_update", "fsdp")
+
+
 def _train() -> ml_collections.ConfigDict:
     t = ml_collections.ConfigDict()
     t.num_steps = 400_000  # Optimizer steps of the whole run.
     t.ema_decay = 0.9999  # EMA of the params, used for samples.
     t.grad_accum_steps = 1  # Micro-batches per step; the global batch is unchanged.
     t.nonfinite = "stop"  # A NaN/inf step is never applied; then "stop" or "skip".
+    # How the TrainState is laid out over the devices: "replicated" (whole on each),
+    # "weight_update" (optimizer states and EMA split over them, each device updating its slice
+    # of the params), "fsdp" (params split too, each SiT block gathered just before use).
+    # Checkpoints are the same in all three (docs/pods.md).
+    t.state_sharding = "replicated"
     t.log_every = 100  # Steps between logged (averaged) metrics.
     t.checkpoint_every = 50_000  # Steps between checkpoints (also at the end).
     t.keep_checkpoints = 3  # The latest N are kept ...
@@ -321,6 +330,7 @@ RULES["train"] = {
     "keep_every sample_every": NON_NEGATIVE,
     "ema_decay": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "nonfinite": either("stop", "skip"),
+    "state_sharding": one_of(STATE_SHARDINGS),
 }
 
 

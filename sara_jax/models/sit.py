@@ -8,11 +8,13 @@ Tensors are channels-last: images (B, H, W, C), tokens (B, N, D).
 """
 
 import math
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from sara_jax.models.attention import attention
 
@@ -62,6 +64,16 @@ def timestep_frequencies(t: jax.Array, dim: int, max_period: float = 10000.0) ->
     freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
     args = t.astype(jnp.float32)[:, None] * freqs[None]
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def not_gathered(primitive: object, *_, **params: object) -> bool:
+    """A remat policy: save everything but gathered parameters (all-gathers, and the custom-VJP
+    gathers of `training.sharding.gather_for_compute`), so the backward pass gathers them again
+    instead of holding them from the forward."""
+    if primitive is lax.all_gather_p:
+        return False
+    call = params.get("call_jaxpr")  # A custom_vjp's, as gather_for_compute's.
+    return call is None or not any(e.primitive is lax.all_gather_p for e in call.jaxpr.eqns)
 
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
@@ -180,6 +192,10 @@ class SiT(nn.Module):
         of storing them: less memory for about one more forward pass.
       learn_sigma: DiT's head: the output has 2C channels, the noise prediction then the
         variance interpolation values (see `sara_jax.objective.diffusion.p_mean_variance`).
+      gather: FSDP (`training.sharding`): maps a block's params, as this device holds them, to
+        the whole ones, just before the block runs. The block is then rematerialised with a
+        policy that keeps its activations but not the gathered params, so the backward pass
+        gathers them again instead of holding every block's from the forward.
     """
 
     input_size: int
@@ -194,6 +210,7 @@ class SiT(nn.Module):
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
     learn_sigma: bool = False
+    gather: Callable[[dict], dict] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -244,7 +261,16 @@ class SiT(nn.Module):
         )(y)
         c = t_emb.astype(jnp.float32) + y_emb
 
-        block = nn.remat(SiTBlock) if self.remat else SiTBlock
+        block = SiTBlock
+        if self.gather is not None:
+            gather = self.gather
+            block = nn.map_variables(
+                block, "params", trans_in_fn=lambda v: {"params": gather(v["params"])}
+            )
+        if self.remat:  # Everything recomputed, gathers included.
+            block = nn.remat(block)
+        elif self.gather is not None:
+            block = nn.remat(block, policy=not_gathered)
         hidden = None
         for i in range(self.depth):
             h = block(

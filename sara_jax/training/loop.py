@@ -27,8 +27,9 @@ from sara_jax.sampling import denoiser
 from sara_jax.sampling.decode import latent_decoder
 from sara_jax.training import checkpoints
 from sara_jax.training.progress import Progress
+from sara_jax.training.sharding import AXIS, bytes_per_device, data_mesh, state_shardings
 from sara_jax.training.state import TrainState, build_models, create_train_state
-from sara_jax.training.step import AXIS, data_mesh, make_train_step
+from sara_jax.training.step import make_train_step
 
 
 def make_sampler(config: ml_collections.ConfigDict, sit: SiT):
@@ -98,10 +99,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     source = make_source(config.data)
     encoder = load_encoder(config, source)
     models = build_models(config, encoder.z_dim)
-    state = jax.jit(
-        lambda key: create_train_state(config, models, encoder.num_tokens, key),
-        out_shardings=replicated,
-    )(jax.random.key(config.seed))
+    init = lambda key: create_train_state(config, models, encoder.num_tokens, key)  # noqa: E731
+    layout = state_shardings(jax.eval_shape(init, jax.random.key(0)), t.state_sharding, mesh)
+    # Created in place: under a sharded layout no device ever holds the whole state.
+    state = jax.jit(init, out_shardings=layout)(jax.random.key(config.seed))
+    local, whole = bytes_per_device(state)
+    logging.info(
+        "training state: %.2f GiB per device of %.2f GiB (train.state_sharding=%s, %d devices)",
+        local / 2**30, whole / 2**30, t.state_sharding, mesh.devices.size,
+    )  # fmt: skip
     # clu's per-array tables go to the log at -v 1 only (io/cli.quiet_logs); this line always.
     parameter_overview.log_parameter_overview(state.params, msg="SiT and projector")
     parameter_overview.log_parameter_overview(state.disc, msg="discriminator")
@@ -183,8 +189,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     evaluates = 0 < config.eval.every <= t.num_steps
     monitor = in_training.make_config_monitor(config) if evaluates else None
 
-    def write_eval(step: int) -> str:
+    def sampled_params() -> dict:
+        # Whole on every device, whatever the layout: the samplers are plain jit programs.
         params = state.ema_params if config.sample.use_ema else state.params
+        return jax.device_put(params, replicated)
+
+    def write_eval(step: int) -> str:
+        params = sampled_params()
         start = time.perf_counter()
         results = monitor(params["sit"])
         seconds = {f"{next(iter(results))}_seconds": time.perf_counter() - start}
@@ -195,7 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         return shown
 
     def write_samples(step: int) -> None:
-        params = state.ema_params if config.sample.use_ema else state.params
+        params = sampled_params()
         grid = sample_grid(params["sit"], sample_key)
         rows, cols, h, w, c = grid.shape
         tiled = grid.transpose(0, 2, 1, 3, 4).reshape(1, rows * h, cols * w, c)

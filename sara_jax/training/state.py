@@ -1,5 +1,6 @@
 """The one TrainState of a SARA run and the modules and optimizers it is built from."""
 
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 import orbax.checkpoint as ocp
+from jax import lax
 
 from sara_jax.encoders.registry import encoder_width
 from sara_jax.io import files
@@ -23,7 +25,9 @@ PyTree = Any
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything that changes during training, replicated over the `data` mesh axis.
+    """Everything that changes during training, laid out over the `data` mesh axis as
+    `train.state_sharding` says (`training.sharding`): the global arrays are the same in every
+    layout, so are the checkpoints.
 
     step: int32 scalar, the number of generator updates done.
     params / ema_params: {"sit": ..., "projector": ...}, float32.
@@ -66,10 +70,35 @@ def build_models(config: ml_collections.ConfigDict, z_dim: int) -> Models:
     return Models(sit, projector, disc)
 
 
-def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Global-norm clipping then AdamW with a constant learning rate."""
+def clip_by_global_norm(
+    max_norm: float, norm: Callable[[PyTree], jax.Array]
+) -> optax.GradientTransformation:
+    """optax.clip_by_global_norm (same state, same arithmetic) with the norm as an argument:
+    optax's reads the leaves it is given, which under a sharded state are a device's slices,
+    not the whole gradient (`sharding.global_norm` adds them up over the devices)."""
+
+    def update(updates: PyTree, state: optax.EmptyState, params: PyTree = None):
+        del params
+        g_norm = norm(updates)
+        small = g_norm < max_norm
+        clipped = jax.tree.map(
+            lambda t: lax.select(small, t, (t / g_norm.astype(t.dtype)) * max_norm), updates
+        )
+        return clipped, state
+
+    return optax.GradientTransformation(optax.init_empty_state, update)
+
+
+def make_optimizer(
+    optim: ml_collections.ConfigDict, norm: Callable[[PyTree], jax.Array] = optax.tree.norm
+) -> optax.GradientTransformation:
+    """Global-norm clipping then AdamW with a constant learning rate.
+
+    norm: the global norm of a gradient as the optimizer receives it (see
+      `clip_by_global_norm`); the default reads whole leaves.
+    """
     return optax.chain(
-        optax.clip_by_global_norm(optim.grad_clip),
+        clip_by_global_norm(optim.grad_clip, norm),
         optax.adamw(
             optim.lr, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay
         ),

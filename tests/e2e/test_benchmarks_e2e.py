@@ -83,7 +83,7 @@ def test_compiling_from_shapes_builds_the_program_that_runs(tiny_config):
     """--target's path (abstract state, batch and encoder, nothing computed) gives the same
     executable as the timed path, here both on the CPU mesh."""
     from benchmarks.train_step import benchmark
-    from sara_jax.training.step import data_mesh
+    from sara_jax.training.sharding import data_mesh
 
     mesh = data_mesh(jax.devices()[:2])
     runs = [

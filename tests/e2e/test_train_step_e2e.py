@@ -16,8 +16,9 @@ from sara_jax.encoders.preprocess import imagenet_normalize
 from sara_jax.models.dinov2 import DinoV2
 from sara_jax.objective import transport
 from sara_jax.objective.sara import generator_loss
+from sara_jax.training.sharding import data_mesh
 from sara_jax.training.state import build_models, create_train_state
-from sara_jax.training.step import data_mesh, make_train_step
+from sara_jax.training.step import make_train_step
 
 
 def random_encoder():

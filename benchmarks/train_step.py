@@ -32,6 +32,7 @@ to fit the device's memory; `--target_memory_gib=1024` shows what the step would
 import copy
 import gzip
 import json
+import math
 import os
 import re
 import time
@@ -57,7 +58,15 @@ from sara_jax.encoders.load import encoder_module, features_fn
 from sara_jax.io import cli
 from sara_jax.io.files import write_json
 from sara_jax.training import flops
-from sara_jax.training.sharding import AXIS, data_mesh
+from sara_jax.training.sharding import (
+    AXIS,
+    data_mesh,
+    replicated_fraction,
+    state_shardings,
+)
+from sara_jax.training.sharding import (
+    MODES as LAYOUTS,
+)
 from sara_jax.training.state import TrainState, build_models, create_train_state
 from sara_jax.training.step import make_train_step
 
@@ -79,6 +88,14 @@ _TARGET = flags.DEFINE_string(
 )
 _TARGET_MEMORY = flags.DEFINE_float(
     "target_memory_gib", None, "Override the --target GPU's memory size (GiB)."
+)
+_LAYOUTS = flags.DEFINE_list(
+    "state_sharding",
+    None,
+    "train.state_sharding layouts to compare (comma-separated, or all); default the config's.",
+)
+_ROUNDS = flags.DEFINE_integer(
+    "rounds", 2, "With several --state_sharding: alternating timing rounds of --steps each."
 )
 _OUT = flags.DEFINE_string(
     "out", None, "Write the results as JSON to this file (again after each mode)."
@@ -213,6 +230,8 @@ _COMPONENT = re.compile(
 )
 _MATMUL_CALLS = ("__cublas", "__cudnn", "triton_gemm")
 _COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
+_ARRAY = re.compile(r"\b(pred|[su]\d+|f8\w*|bf16|f16|f32|f64)\[([\d,]*)\]")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "f64": 8}
 # Their trace events enclose those of the instructions they run: counting both would double.
 _CONTAINERS = ("conditional", "while", "call")
 
@@ -292,6 +311,35 @@ def op_time_summary(trace_dir: Path, hlo_text: str, top: int = 8) -> dict:
     }
 
 
+def collective_bytes(hlo_text: str, num_devices: int) -> dict[str, float]:
+    """Bytes the collectives of a compiled step move, from its HLO, per device and step.
+
+    Per kind (all-reduce, all-gather, reduce-scatter, ...): `<kind>` the size of the whole
+    buffers they act on (an all-gather's output, a reduce-scatter's input), and "wire" what a
+    ring moves per device for all of them: 2(N-1)/N of an all-reduce's buffer, (N-1)/N of an
+    all-gather's or reduce-scatter's. Each op counts once as written: one inside a loop (e.g.
+    `train.grad_accum_steps`) runs once per iteration.
+    """
+    out, wire = Counter(), 0.0
+    share = (num_devices - 1) / num_devices
+    for line in hlo_text.splitlines():
+        op = _INSTRUCTION.match(line)
+        if not op or op.group(2).removesuffix("-start") not in _COLLECTIVES:
+            continue
+        kind = op.group(2).removesuffix("-start")
+        result_type = line.split(" = ", 1)[1].split(f" {op.group(2)}(", 1)[0]
+        sizes = [
+            _DTYPE_BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
+            for dtype, dims in _ARRAY.findall(result_type)
+        ]
+        if kind == "all-gather" and op.group(2).endswith("-start"):
+            sizes = sizes[len(sizes) // 2 :]  # (operands, results): the gathered results.
+        size = sum(sizes) * (num_devices if kind == "reduce-scatter" else 1)
+        out[kind] += size
+        wire += size * (2 * share if kind == "all-reduce" else share)
+    return {**out, "wire": wire}
+
+
 def benchmark(
     base: ml_collections.ConfigDict,
     mode: str,
@@ -307,6 +355,73 @@ def benchmark(
 
     ahead_of_time: `mesh` holds devices that are not here (`target_devices`): compile only, from
       shapes, and report no allocator peak and no timings.
+    """
+    result, run = compile_step(base, mode, batch, mesh, ahead_of_time)
+    if steps == 0 or ahead_of_time:
+        return result
+    for _ in range(warmup):
+        run()
+    times = [run() for _ in range(steps)]
+    if profile_dir is not None:
+        result["profile"] = run.profile(profile_dir / mode)
+    return result | run.figures(times, peak_tflops)
+
+
+class Runner:
+    """One compiled step with its own state, batch and encoder on the mesh: `run()` takes a
+    step and returns its seconds (waited for)."""
+
+    def __init__(self, compiled, state, data, encoder_params, config, counts, hlo_text, mesh):
+        self.compiled, self.state, self.data, self.encoder_params = (
+            compiled,
+            state,
+            data,
+            encoder_params,
+        )
+        self.config, self.counts, self.hlo_text, self.mesh = config, counts, hlo_text, mesh
+
+    def __call__(self) -> float:
+        begin = time.perf_counter()
+        self.state, self.metrics = self.compiled(self.state, self.data, self.encoder_params)
+        jax.block_until_ready((self.state, self.metrics))
+        return time.perf_counter() - begin
+
+    def profile(self, trace_dir: Path) -> dict:
+        """Share of op time from a jax.profiler trace of `disc.every` more steps."""
+        with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
+            for _ in range(self.config.disc.every):
+                self()
+        return op_time_summary(trace_dir, self.hlo_text)
+
+    def figures(self, times: list[float], peak_tflops: float | None) -> dict:
+        """Step time, images/s, TFLOP/s, MFU and memory of the timed steps."""
+        batch, num_devices = self.config.data.global_batch_size, self.mesh.devices.size
+        step_s = float(np.mean(times))
+        achieved = self.counts["total"] * batch / step_s / num_devices
+        metrics = jax.device_get(self.metrics)
+        return {
+            "steps": len(times),
+            "step_ms": 1e3 * step_s,
+            "step_ms_min": 1e3 * min(times),
+            "step_ms_max": 1e3 * max(times),
+            "images_per_sec": batch / step_s,
+            "achieved_tflops_per_device": achieved / 1e12,
+            "mfu": achieved / (peak_tflops * 1e12) if peak_tflops else None,
+            "memory": memory_figures(self.compiled, self.mesh.devices.flat[0]),
+            "loss": float(metrics["loss"]),
+            "nonfinite": bool(metrics["nonfinite"]),
+        }
+
+
+def compile_step(
+    base: ml_collections.ConfigDict,
+    mode: str,
+    batch: int,
+    mesh: jax.sharding.Mesh,
+    ahead_of_time: bool = False,
+) -> tuple[dict, Runner | None]:
+    """Compiles the step of `base` with `mode`'s objective, the state laid out as its
+    `train.state_sharding` says; returns its compile figures and a Runner (None ahead of time).
     """
     config = copy.deepcopy(base)
     set_alignment(config, MODES[mode])
@@ -325,10 +440,14 @@ def benchmark(
         return create_train_state(config, models, num_tokens, key)
 
     key = jax.random.key(config.seed)
+    abstract = jax.eval_shape(init, key)
+    layout = state_shardings(abstract, config.train.state_sharding, mesh)
     if ahead_of_time:
-        state = place(jax.eval_shape(init, key), replicated, abstract=True)
+        state = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, layout
+        )
     else:
-        state = jax.jit(init, out_shardings=replicated)(key)
+        state = jax.jit(init, out_shardings=layout)(key)
     data = place(synthetic_batch(config, batch), rows, ahead_of_time)
     encoder_params = place(encoder_params, replicated, ahead_of_time)
     step = make_train_step(config, models, features, mesh)
@@ -341,8 +460,13 @@ def benchmark(
     counts = flops.train_step(config, *models, encoder)
     xla_cost = compiled.cost_analysis() or {}
     hlo_text = compiled.as_text()
+    state_bytes = sum(
+        math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
+        for x, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(layout), strict=True)
+    )
     result = {
         "mode": mode,
+        "state_sharding": config.train.state_sharding,
         "global_batch": batch,
         "num_devices": num_devices,
         "compute_dtype": config.model.compute_dtype,
@@ -354,44 +478,16 @@ def benchmark(
         # XLA's count of the per-device program: includes elementwise work, see training/flops.py.
         "xla_flops_per_image": xla_cost.get("flops", 0.0) * num_devices / batch or None,
         "memory": memory_figures(compiled, None if ahead_of_time else mesh.devices.flat[0]),
+        # The TrainState's bytes on one device, and the share of the state kept replicated.
+        "state_gib_per_device": state_bytes / GIB,
+        "state_replicated_fraction": replicated_fraction(abstract, num_devices),
+        "collective_bytes": collective_bytes(hlo_text, num_devices),
         # Forward and backward calls of cuDNN's fused attention (0: XLA's attention throughout).
         "cudnn_attention_calls": hlo_text.count('custom_call_target="__cudnn$fmha'),
     }
-    if steps == 0 or ahead_of_time:
-        return result
-
-    for _ in range(warmup):
-        state, metrics = compiled(state, data, encoder_params)
-    jax.block_until_ready((state, metrics))
-    times = []
-    for _ in range(steps):
-        begin = time.perf_counter()
-        state, metrics = compiled(state, data, encoder_params)
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - begin)
-    if profile_dir is not None:
-        with jax.profiler.trace(str(profile_dir / mode), create_perfetto_trace=True):
-            for _ in range(config.disc.every):
-                state, metrics = compiled(state, data, encoder_params)
-            jax.block_until_ready((state, metrics))
-        result["profile"] = op_time_summary(profile_dir / mode, hlo_text)
-
-    step_s = float(np.mean(times))
-    achieved = counts["total"] * batch / step_s / num_devices
-    metrics = jax.device_get(metrics)
-    result |= {
-        "steps": steps,
-        "step_ms": 1e3 * step_s,
-        "step_ms_min": 1e3 * min(times),
-        "step_ms_max": 1e3 * max(times),
-        "images_per_sec": batch / step_s,
-        "achieved_tflops_per_device": achieved / 1e12,
-        "mfu": achieved / (peak_tflops * 1e12) if peak_tflops else None,
-        "memory": memory_figures(compiled, mesh.devices.flat[0]),
-        "loss": float(metrics["loss"]),
-        "nonfinite": bool(metrics["nonfinite"]),
-    }
-    return result
+    if ahead_of_time:
+        return result, None
+    return result, Runner(compiled, state, data, encoder_params, config, counts, hlo_text, mesh)
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -400,13 +496,13 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def print_table(results: dict[str, dict]) -> None:
     header = (
-        f"{'mode':<5} {'img/s':>9} {'step ms':>9} {'GFLOP/img':>10} {'TFLOP/s':>8} {'MFU':>6} "
+        f"{'mode':<18} {'img/s':>9} {'step ms':>9} {'GFLOP/img':>10} {'TFLOP/s':>8} {'MFU':>6} "
         f"{'compile s':>9} {'XLA GiB':>8} {'peak GiB':>8}"
     )
     print(header)
     for mode, r in results.items():
         print(
-            f"{mode:<5} {_fmt(r.get('images_per_sec'), '9.1f')} "
+            f"{mode:<18} {_fmt(r.get('images_per_sec'), '9.1f')} "
             f"{_fmt(r.get('step_ms'), '9.1f')} {r['flops_per_image']['total'] / 1e9:10.2f} "
             f"{_fmt(r.get('achieved_tflops_per_device'), '8.2f')} {_fmt(r.get('mfu'), '6.1%')} "
             f"{r['trace_s'] + r['compile_s']:9.1f} {_fmt(r['memory']['compiled_gib'], '8.2f')} "
@@ -457,25 +553,79 @@ def main(argv: list[str]) -> None:
         "encoder": config.encoder.name,
         "results": results,
     }
+    layouts = _LAYOUTS.value or [config.train.state_sharding]
+    layouts = list(LAYOUTS) if layouts == ["all"] else layouts
+    if unknown := set(layouts) - set(LAYOUTS):
+        raise app.UsageError(f"--state_sharding: {sorted(unknown)} not in {', '.join(LAYOUTS)}")
     for mode in modes:
-        results[mode] = benchmark(
-            config,
-            mode,
-            batch,
-            mesh,
-            _STEPS.value,
-            _WARMUP.value,
-            peak,
-            profile_dir,
-            ahead_of_time=bool(_TARGET.value),
-        )
+        if len(layouts) == 1:
+            config.train.state_sharding = layouts[0]
+            results[mode] = benchmark(
+                config,
+                mode,
+                batch,
+                mesh,
+                _STEPS.value,
+                _WARMUP.value,
+                peak,
+                profile_dir,
+                ahead_of_time=bool(_TARGET.value),
+            )
+        else:
+            results |= compare_layouts(
+                config, mode, layouts, batch, mesh, peak, bool(_TARGET.value)
+            )
         report["overheads"] = overheads(results)
+        report["layout_ratios"] = layout_ratios(results)
         if _OUT.value:  # After each mode: a run stopped by a time box keeps the modes it did.
             write_json(Path(_OUT.value), report)
     print(f"{kind} x {len(devices)}, jax {jax.__version__}, global batch {batch}")
     print_table(results)
-    for name, value in report["overheads"].items():
+    for name, value in {**report["overheads"], **report["layout_ratios"]}.items():
         print(f"{name}: {value:+.1%} step time")
+
+
+def compare_layouts(
+    config: ml_collections.ConfigDict,
+    mode: str,
+    layouts: list[str],
+    batch: int,
+    mesh: jax.sharding.Mesh,
+    peak: float | None,
+    ahead_of_time: bool,
+) -> dict[str, dict]:
+    """`mode`'s step under each `train.state_sharding` of `layouts`, as "MODE/LAYOUT": all
+    compiled and warmed up first, then timed in `--rounds` alternating rounds of `--steps` each,
+    so a machine's drift (other jobs, clocks) falls on every layout alike."""
+    results, runners = {}, {}
+    for layout in layouts:
+        config.train.state_sharding = layout
+        results[f"{mode}/{layout}"], runners[layout] = compile_step(
+            config, mode, batch, mesh, ahead_of_time
+        )
+    if ahead_of_time or _STEPS.value == 0:
+        return results
+    for run in runners.values():
+        for _ in range(_WARMUP.value):
+            run()
+    times = {layout: [] for layout in layouts}
+    for _ in range(_ROUNDS.value):
+        for layout, run in runners.items():
+            times[layout] += [run() for _ in range(_STEPS.value)]
+    for layout, run in runners.items():
+        results[f"{mode}/{layout}"] |= run.figures(times[layout], peak)
+    return results
+
+
+def layout_ratios(results: dict[str, dict]) -> dict[str, float]:
+    """Step time of each sharded layout relative to "replicated", per objective mode."""
+    out = {}
+    for name, r in results.items():
+        mode, _, layout = name.partition("/")
+        base = results.get(f"{mode}/replicated", {})
+        if layout not in ("", "replicated") and "step_ms" in r and "step_ms" in base:
+            out[f"{name}_over_replicated"] = r["step_ms"] / base["step_ms"] - 1
+    return out
 
 
 if __name__ == "__main__":

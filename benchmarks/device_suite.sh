@@ -16,6 +16,9 @@
 #   sit_b, sit_l            B/2 and L/2, batch 256, --mode=all
 #   sit_xl_accum2           XL/2 with train.grad_accum_steps=2 (what fits an 80 GB card)
 #   sample_xl_sde_interval  REPA's recipe: w = 1.8 on t in [0, 0.7]
+#   sit_xl_layouts          XL/2 + SARA (accumulating 2), train.state_sharding replicated and
+#                           weight_update alternated: on one GPU nothing splits, so this checks
+#                           that the sharded step's code costs nothing there (docs/pods.md)
 #
 # Options:
 #   --smoke             tiny demo configs on CPU, what CI runs (tests/e2e/test_device_suite.py)
@@ -41,10 +44,10 @@ set -euo pipefail
 usage="usage: bash benchmarks/device_suite.sh [--smoke] [--out DIR] [--only A,B] [--budget S]
   [--box STEP=S] [--extra STEP=FLAG] [--prefix P]"
 all_steps=(sit_xl sample_xl_sde sample_xl_sde_cfg sit_xl_profile sit_b sit_l sit_xl_accum2
-  sample_xl_sde_interval)
+  sample_xl_sde_interval sit_xl_layouts)
 declare -A box=(
   [sit_xl]=200 [sample_xl_sde]=90 [sample_xl_sde_cfg]=120 [sit_xl_profile]=120
-  [sit_b]=120 [sit_l]=150 [sit_xl_accum2]=200 [sample_xl_sde_interval]=120
+  [sit_b]=120 [sit_l]=150 [sit_xl_accum2]=200 [sample_xl_sde_interval]=120 [sit_xl_layouts]=150
 )
 declare -A extra=()
 smoke=false
@@ -148,6 +151,7 @@ if $smoke; then
   config_b=("${tiny[@]}") config_l=("${tiny[@]}") config_xl=("${tiny[@]}")
   train=(--mode=all --batch=8 --steps=2 --warmup=1)
   profile=(--mode=sara --batch=8 --steps=2 --warmup=1)
+  layouts=(--mode=sara --batch=8 --steps=1 --warmup=1 --rounds=1)
   sample=(--batch=8 --num_steps=4 --repeats=1)
   prefix=${prefix:-smoke}
 else
@@ -158,6 +162,7 @@ else
   # 10 timed steps = 2 of D's updates (disc.every = 5); compiling is most of each step's time.
   train=(--mode=all --steps=10 --warmup=2)
   profile=(--mode=sara --steps=5 --warmup=1)
+  layouts=(--mode=sara --steps=5 --warmup=1 --rounds=2 --config.train.grad_accum_steps=2)
   # One warm-up and one timed batch of 64 (with guidance 128 rows per SiT call): a batch of
   # 256 would take about 30 s per pass at 50% MFU without guidance.
   sample=(--batch=64 --num_steps=250 --repeats=1)
@@ -172,6 +177,10 @@ step_command() { # Sets `cmd` to step $1's python arguments.
   sit_xl_accum2)
     cmd=(-m benchmarks.train_step "${config_xl[@]}" "${train[@]}"
       --config.train.grad_accum_steps=2)
+    ;;
+  sit_xl_layouts)
+    cmd=(-m benchmarks.train_step "${config_xl[@]}" "${layouts[@]}"
+      "--state_sharding=replicated,weight_update")
     ;;
   sit_xl_profile)
     cmd=(-m benchmarks.train_step "${config_xl[@]}" "${profile[@]}"

@@ -102,7 +102,7 @@ def _training_lines(train: list[dict[str, Any]]) -> list[str]:
     lines = [
         "",
         "Training step (MFU: analytic FLOPs over the dense bf16 peak; compile: trace + XLA)",
-        f"{'step':<15} {'mode':<5} {'batch':>5} {'img/s':>9} {'step ms':>9} {'MFU':>6} "
+        f"{'step':<15} {'mode':<18} {'batch':>5} {'img/s':>9} {'step ms':>9} {'MFU':>6} "
         f"{'compile s':>9} {'XLA GiB':>8} {'peak GiB':>8}",
     ]
     for s in train:
@@ -110,13 +110,14 @@ def _training_lines(train: list[dict[str, Any]]) -> list[str]:
             memory = r.get("memory", {})
             compile_s = r.get("trace_s", 0) + r.get("compile_s", 0)
             lines.append(
-                f"{s['name']:<15} {mode:<5} {r.get('global_batch', 0):>5} "
+                f"{s['name']:<15} {mode:<18} {r.get('global_batch', 0):>5} "
                 f"{_fmt(r.get('images_per_sec'), '9.1f')} {_fmt(r.get('step_ms'), '9.1f')} "
                 f"{_fmt(r.get('mfu'), '6.1%')} {compile_s:9.1f} "
                 f"{_fmt(memory.get('compiled_gib'), '8.2f')} "
                 f"{_fmt(memory.get('peak_in_use_gib'), '8.2f')}"
             )
-        if over := s["report"].get("overheads", {}):
+        over = {**s["report"].get("overheads", {}), **s["report"].get("layout_ratios", {})}
+        if over:
             shown = ", ".join(f"{k.replace('_', ' ')} {v:+.1%}" for k, v in over.items())
             lines.append(f"{'':<15} step time: {shown}")
     return lines

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAIN = ["sit_xl", "sit_xl_profile", "sit_b", "sit_l", "sit_xl_accum2"]
+TRAIN = ["sit_xl", "sit_xl_profile", "sit_b", "sit_l", "sit_xl_accum2", "sit_xl_layouts"]
 SAMPLE = {"sample_xl_sde": 1.0, "sample_xl_sde_cfg": 1.35, "sample_xl_sde_interval": 1.8}
 
 
@@ -52,7 +52,7 @@ def test_smoke_suite_writes_every_figure_and_survives_a_failed_step(tmp_path):
     status = {s["name"]: s["status"] for s in suite["steps"]}
     assert list(status) == [
         *("sit_xl", "sample_xl_sde", "sample_xl_sde_cfg", "sit_xl_profile"),
-        *("sit_b", "sit_l", "sit_xl_accum2", "sample_xl_sde_interval"),
+        *("sit_b", "sit_l", "sit_xl_accum2", "sample_xl_sde_interval", "sit_xl_layouts"),
     ]
     assert status.pop("sit_l") == "FAILED (exit 1)"
     assert status.pop("sample_xl_sde_interval").startswith("TIMEOUT at 1 s")
@@ -71,12 +71,16 @@ def test_smoke_suite_writes_every_figure_and_survives_a_failed_step(tmp_path):
             assert report["method"] == "sde" and report["cfg_scale"] == SAMPLE[name]
             assert report["images_per_sec"] > 0
             continue
-        modes = ["sara"] if name == "sit_xl_profile" else ["sit", "repa", "sara"]
+        modes = {
+            "sit_xl_profile": ["sara"],
+            "sit_xl_layouts": ["sara/replicated", "sara/weight_update"],
+        }.get(name, ["sit", "repa", "sara"])
         assert list(report["results"]) == modes, name
         assert all(r["step_ms"] > 0 for r in report["results"].values())
     assert reports["sit_xl_accum2"]["config_overrides"]["train.grad_accum_steps"] == 2
     assert reports["sit_xl_profile"]["results"]["sara"]["profile"]["by_component"]
     assert set(reports["sit_xl"]["overheads"]) == {"repa_over_sit", "sara_over_repa"}
+    assert set(reports["sit_xl_layouts"]["layout_ratios"]) == {"sara/weight_update_over_replicated"}
 
     summary = (out / "smoke_suite.txt").read_text()
     assert summary in proc.stdout

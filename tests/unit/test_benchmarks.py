@@ -39,3 +39,25 @@ def test_tpu_target_without_libtpu_says_what_to_install():
         target_devices("tpu:v5e:2x2")
     with pytest.raises(ValueError, match="--target_memory_gib is for GPU targets"):
         target_devices("tpu:v5e:2x2", memory_gib=16)
+
+
+def test_collective_bytes_reads_the_buffers_of_each_collective():
+    from benchmarks.train_step import collective_bytes
+
+    hlo = "\n".join(
+        [
+            "ENTRY %main {",
+            "  %all-reduce.1 = f32[1024]{0} all-reduce(%p), channel_id=1, to_apply=%add",
+            "  %ag = (bf16[256,4]{1,0}, bf16[1024,4]{1,0}) all-gather-start(%q), dimensions={0}",
+            "  %ag.done = bf16[1024,4]{1,0} all-gather-done(%ag)",
+            "  %rs = f32[32]{0} reduce-scatter(%r), dimensions={0}, to_apply=%add",
+            "  %add.3 = f32[1024]{0} add(%all-reduce.1, %all-reduce.1)",
+            "}",
+        ]
+    )
+    out = collective_bytes(hlo, num_devices=4)
+    assert out["all-reduce"] == 4096  # 1024 floats
+    assert out["all-gather"] == 1024 * 4 * 2  # the gathered bf16 result, not the operand
+    assert out["reduce-scatter"] == 32 * 4 * 4  # its whole input: 4 devices' outputs
+    # A ring moves 2(N-1)/N of an all-reduce's buffer, (N-1)/N of the others'.
+    assert out["wire"] == pytest.approx(4096 * 1.5 + (8192 + 512) * 0.75)

@@ -501,6 +501,9 @@ def print_table(results: dict[str, dict]) -> None:
     )
     print(header)
     for mode, r in results.items():
+        if "error" in r:
+            print(f"{mode:<18} {r['error']}")
+            continue
         print(
             f"{mode:<18} {_fmt(r.get('images_per_sec'), '9.1f')} "
             f"{_fmt(r.get('step_ms'), '9.1f')} {r['flops_per_image']['total'] / 1e9:10.2f} "
@@ -600,9 +603,17 @@ def compare_layouts(
     results, runners = {}, {}
     for layout in layouts:
         config.train.state_sharding = layout
-        results[f"{mode}/{layout}"], runners[layout] = compile_step(
-            config, mode, batch, mesh, ahead_of_time
-        )
+        try:
+            results[f"{mode}/{layout}"], runners[layout] = compile_step(
+                config, mode, batch, mesh, ahead_of_time
+            )
+        except jax.errors.JaxRuntimeError as e:  # Does not fit: a finding, not a failure.
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            message = str(e).splitlines()[0]
+            results[f"{mode}/{layout}"] = {"mode": mode, "state_sharding": layout, "error": message}
+            print(f"{mode}/{layout}: {message}", flush=True)
+    runners = {layout: run for layout, run in runners.items() if run is not None}
     if ahead_of_time or _STEPS.value == 0:
         return results
     for run in runners.values():

@@ -97,6 +97,9 @@ _LAYOUTS = flags.DEFINE_list(
 _ROUNDS = flags.DEFINE_integer(
     "rounds", 2, "With several --state_sharding: alternating timing rounds of --steps each."
 )
+_DUMP_HLO = flags.DEFINE_string(
+    "dump_hlo", None, "Write each compiled step's HLO text to DIR/MODE_LAYOUT.hlo.txt."
+)
 _OUT = flags.DEFINE_string(
     "out", None, "Write the results as JSON to this file (again after each mode)."
 )
@@ -460,6 +463,10 @@ def compile_step(
     counts = flops.train_step(config, *models, encoder)
     xla_cost = compiled.cost_analysis() or {}
     hlo_text = compiled.as_text()
+    if _DUMP_HLO.value:
+        path = Path(_DUMP_HLO.value) / f"{mode}_{config.train.state_sharding}.hlo.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(hlo_text)
     state_bytes = sum(
         math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
         for x, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(layout), strict=True)

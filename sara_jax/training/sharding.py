@@ -162,7 +162,7 @@ def gather_for_compute(tree: PyTree, specs: PyTree, dtype: jnp.dtype | None = No
     to anyway) before the all-gather: half the bytes in bfloat16. The gradient of a leaf is
     reduce-scattered in the slice's own dtype (float32, not the compute dtype) and summed over
     devices; `reduce_gradients(..., scattered=True)` divides it. The SiT's remat policy
-    (`models.sit.not_gathered`) recognises these gathers. Inside shard_map.
+    (`models.sit.fsdp_saveable`) recognises these gathers. Inside shard_map.
     """
 
     def whole(x: jax.Array, spec: P) -> jax.Array:

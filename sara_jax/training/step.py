@@ -300,7 +300,7 @@ def fsdp_forward(models: Models, param_specs: PyTree) -> tuple[Models, Callable[
     """The modules and the `whole` map of an fsdp step (`accumulated_gradients`).
 
     The SiT gathers each block's params itself, in its compute dtype, just before the block
-    runs (and again in the backward pass: `sharding.not_gathered`); `whole` gathers the others
+    runs (and again in the backward pass: `models.sit.fsdp_saveable`); `whole` gathers the others
     (embeddings, final layer, projector: about 2% of XL/2's) once per forward pass, in float32.
     """
     sit_specs = param_specs["sit"]

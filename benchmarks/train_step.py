@@ -92,7 +92,8 @@ _TARGET_MEMORY = flags.DEFINE_float(
 _LAYOUTS = flags.DEFINE_list(
     "state_sharding",
     None,
-    "train.state_sharding layouts to compare (comma-separated, or all); default the config's.",
+    "train.state_sharding layouts to compare (comma-separated, or all; results are keyed "
+    "MODE/LAYOUT); default the config's.",
 )
 _ROUNDS = flags.DEFINE_integer(
     "rounds", 2, "With several --state_sharding: alternating timing rounds of --steps each."
@@ -568,7 +569,7 @@ def main(argv: list[str]) -> None:
     if unknown := set(layouts) - set(LAYOUTS):
         raise app.UsageError(f"--state_sharding: {sorted(unknown)} not in {', '.join(LAYOUTS)}")
     for mode in modes:
-        if len(layouts) == 1:
+        if not _LAYOUTS.value:  # The config's layout: results keyed by mode alone.
             config.train.state_sharding = layouts[0]
             results[mode] = benchmark(
                 config,

@@ -177,7 +177,12 @@ class Pod:
                 "outlives the TPU (a local directory would split the run across workers)"
             )
         main = ["-m", "sara_jax.main", f"--config={a.config}", f"--workdir={a.workdir}"]
-        train = shlex.join([*main, "--distributed", *a.rest])
+        # The state's layout over the slice's chips (docs/pods.md, "Which layout"), unless
+        # the overrides name one.
+        layout = [f"--config.train.state_sharding={a.state_sharding}"]
+        if any(arg.startswith("--config.train.state_sharding") for arg in a.rest):
+            layout = []
+        train = shlex.join([*main, "--distributed", *layout, *a.rest])
         job = f"{VENV}/bin/python {train}; echo $? > {RUN}/exit_status"
         # The bash wrapper records the exit status; setsid detaches it from the ssh session.
         launch = [
@@ -303,6 +308,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--create-arg", action="append", default=[], help="extra create flag")
     p.add_argument("--workdir", help="gs://bucket/path for checkpoints and logs")
     p.add_argument("--config", default="configs/sit_xl.py", help="config file[:variant]")
+    p.add_argument(
+        "--state-sharding",
+        default="fsdp",
+        choices=("replicated", "weight_update", "fsdp"),
+        help="train.state_sharding on the slice (default fsdp: docs/pods.md)",
+    )
     p.add_argument("--watch", action="store_true", help="with up: watch afterwards")
     p.add_argument("--poll", type=int, default=120, help="seconds between state checks")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")

@@ -134,11 +134,12 @@ def test_tpu_up_dry_run(accelerator, version):
     job = remote(start)
     assert "nohup setsid bash -c" in job
     python = shlex.split(shlex.split(job.split("bash -c ", 1)[1])[0])
-    assert python[:6] == [
+    assert python[:7] == [
         "~/sara_venv/bin/python",
         *("-m", "sara_jax.main", "--config=configs/sit_xl.py"),
         f"--workdir={workdir}",
-        "--distributed;",
+        "--distributed",
+        "--config.train.state_sharding=fsdp;",  # The launcher's default layout.
     ]
 
 
@@ -154,11 +155,27 @@ def test_tpu_queued_spot_with_overrides_and_watch():
         assert option in create
     assert "--data-disk=source=projects/p/zones/z/disks/d,mode=read-only" in create
     start = commands[5]
-    assert "--distributed --config.train.grad_accum_steps=2;" in remote(start)
+    assert (
+        "--distributed --config.train.state_sharding=fsdp --config.train.grad_accum_steps=2;"
+        in remote(start)
+    )
     # --watch: after a preemption it deletes the queued resource and does it all again.
     delete, describe, create_again, *again = commands[6:]
     assert delete[3:6] == ["queued-resources", "delete", "sara"] and "--force" in delete
     assert create_again == create and again == commands[2:6]
+
+
+@pytest.mark.parametrize(
+    "flags, layout",
+    [
+        (("--state-sharding=weight_update",), "weight_update"),
+        (("--", "--config.train.state_sharding=replicated"), "replicated"),  # Overrides win.
+    ],
+)
+def test_tpu_state_sharding(flags, layout):
+    start = tpu("run", "--workdir=gs://b/r", *flags)[-1]
+    assert remote(start).count("--config.train.state_sharding=") == 1
+    assert f"--config.train.state_sharding={layout}" in remote(start)
 
 
 def test_tpu_other_commands_dry_run():
@@ -305,9 +322,10 @@ def test_remote_start_and_stop_really_work(tmp_path):
     deadline = time.time() + 20
     while "args:" not in (log.read_text() if log.exists() else "") and time.time() < deadline:
         time.sleep(0.1)
-    assert "-m sara_jax.main --config=configs/sit_xl.py --workdir=gs://b/r --distributed --x=1" in (
-        log.read_text()
-    )
+    assert (
+        "-m sara_jax.main --config=configs/sit_xl.py --workdir=gs://b/r --distributed "
+        "--config.train.state_sharding=fsdp --x=1"
+    ) in log.read_text()
     again = run_remote(start, home)  # A second start while training is refused.
     assert again.returncode == 1 and "stop it first" in again.stderr
 

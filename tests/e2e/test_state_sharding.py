@@ -2,6 +2,8 @@
 "replicated", hold 1/N of what they shard, gather the SiT's blocks where they are used, and
 write checkpoints that any layout and device count continue."""
 
+import re
+
 import jax
 import numpy as np
 import optax
@@ -11,6 +13,7 @@ from helpers import STEP
 from jax.extend import core
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from test_main import run_main
 from test_train_step_e2e import assert_trees_close, global_batch, random_encoder
 
 from sara_jax.training import checkpoints
@@ -197,3 +200,29 @@ def test_global_norm_of_slices_is_the_whole_norm(tiny_config):
         )
     )(params)
     np.testing.assert_allclose(norm, optax.tree.norm(jax.device_get(params)), rtol=1e-6)
+
+
+def test_main_trains_fsdp_then_resumes_replicated_on_fewer_devices(tmp_path):
+    """The CLI: 8 devices under fsdp (a preview grid drawn from the sharded EMA on the way),
+    then the same workdir continued on 4 devices under replicated."""
+    first = run_main(
+        tmp_path,
+        "--config.train.state_sharding=fsdp",
+        "--config.train.num_steps=2",
+        "--config.train.sample_every=1",
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    per_device = re.search(r"training state: ([\d.]+) GiB per device of ([\d.]+) GiB", first.stderr)
+    assert float(per_device[1]) < float(per_device[2]) / 4, per_device[0]
+    assert (tmp_path / "run" / "samples.png").exists()
+
+    second = run_main(
+        tmp_path,
+        "--config.train.state_sharding=replicated",
+        "--config.train.num_steps=3",
+        devices=4,
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from step 2" in second.stderr
+    assert "(train.state_sharding=replicated, 4 devices)" in second.stderr
+    assert (tmp_path / "run" / "checkpoints" / "3").is_dir()

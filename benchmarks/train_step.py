@@ -98,6 +98,9 @@ _LAYOUTS = flags.DEFINE_list(
 _ROUNDS = flags.DEFINE_integer(
     "rounds", 2, "With several --state_sharding: alternating timing rounds of --steps each."
 )
+_TARGET_GPUS = flags.DEFINE_integer(
+    "target_gpus", 1, "GPUs of the --target GPU machine (one host), e.g. 8 for an 8-GPU node."
+)
 _DUMP_HLO = flags.DEFINE_string(
     "dump_hlo", None, "Write each compiled step's HLO text to DIR/MODE_LAYOUT.hlo.txt."
 )
@@ -123,7 +126,7 @@ def prepare_deviceless() -> None:
     jax.config.update("jax_platforms", "cpu")
 
 
-def target_devices(name: str, memory_gib: float | None = None) -> list[jax.Device]:
+def target_devices(name: str, memory_gib: float | None = None, gpus: int = 1) -> list[jax.Device]:
     """The devices of a machine that is not here, to compile for: `tpu:TOPOLOGY` (a Cloud TPU
     slice as JAX names it, e.g. `tpu:v5e:2x2`, `tpu:v5p:2x2x1`; needs `pip install libtpu`), or
     NAME, the one GPU described in benchmarks/targets/NAME.textproto (XLA's GpuTargetConfig;
@@ -133,10 +136,13 @@ def target_devices(name: str, memory_gib: float | None = None) -> list[jax.Devic
     Must run after `prepare_deviceless`.
     Args:
       memory_gib: replaces the GPU's memory size (XLA rematerialises to fit it).
+      gpus: GPUs of one machine (NVLink), for a GPU target.
     """
     if name.startswith("tpu:"):
         if memory_gib is not None:
             raise ValueError(f"--target_memory_gib is for GPU targets, not --target={name}")
+        if gpus != 1:
+            raise ValueError(f"--target_gpus is for GPU targets, not --target={name}")
         try:
             return list(topologies.get_topology_desc(name.removeprefix("tpu:"), "tpu").devices)
         except RuntimeError as e:
@@ -156,7 +162,7 @@ def target_devices(name: str, memory_gib: float | None = None) -> list[jax.Devic
         text = re.sub(r"device_memory_size: \d+", size, text)
     try:
         topology = topologies.get_topology_desc(
-            platform="cuda", target_config=text, topology="1x1x1"
+            platform="cuda", target_config=text, topology=f"1x1x{gpus}"
         )
     except NotImplementedError as e:  # JAX without the plugin knows no CUDA topology.
         raise RuntimeError(
@@ -336,8 +342,8 @@ def collective_bytes(hlo_text: str, num_devices: int) -> dict[str, float]:
             _DTYPE_BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
             for dtype, dims in _ARRAY.findall(result_type)
         ]
-        if kind == "all-gather" and op.group(2).endswith("-start"):
-            sizes = sizes[len(sizes) // 2 :]  # (operands, results): the gathered results.
+        if kind != "all-reduce" and op.group(2).endswith("-start"):
+            sizes = sizes[len(sizes) // 2 :]  # (operands, results): the results.
         size = sum(sizes) * (num_devices if kind == "reduce-scatter" else 1)
         out[kind] += size
         wire += size * (2 * share if kind == "all-reduce" else share)
@@ -539,7 +545,7 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     if _TARGET.value:
         prepare_deviceless()
-        devices = target_devices(_TARGET.value, _TARGET_MEMORY.value)
+        devices = target_devices(_TARGET.value, _TARGET_MEMORY.value, _TARGET_GPUS.value)
     else:
         devices = jax.devices()[: _NUM_DEVICES.value] if _NUM_DEVICES.value else jax.devices()
     mesh = data_mesh(devices)

@@ -51,6 +51,7 @@ def test_collective_bytes_reads_the_buffers_of_each_collective():
             "  %ag = (bf16[256,4]{1,0}, bf16[1024,4]{1,0}) all-gather-start(%q), dimensions={0}",
             "  %ag.done = bf16[1024,4]{1,0} all-gather-done(%ag)",
             "  %rs = f32[32]{0} reduce-scatter(%r), dimensions={0}, to_apply=%add",
+            "  %rs2 = (f32[64]{0}, f32[16]{0}) reduce-scatter-start(%s), dimensions={0}",
             "  %add.3 = f32[1024]{0} add(%all-reduce.1, %all-reduce.1)",
             "}",
         ]
@@ -58,6 +59,14 @@ def test_collective_bytes_reads_the_buffers_of_each_collective():
     out = collective_bytes(hlo, num_devices=4)
     assert out["all-reduce"] == 4096  # 1024 floats
     assert out["all-gather"] == 1024 * 4 * 2  # the gathered bf16 result, not the operand
-    assert out["reduce-scatter"] == 32 * 4 * 4  # its whole input: 4 devices' outputs
+    # Its whole input: 4 devices' outputs (an async one's result, not its operand as well).
+    assert out["reduce-scatter"] == (32 + 16) * 4 * 4
     # A ring moves 2(N-1)/N of an all-reduce's buffer, (N-1)/N of the others'.
-    assert out["wire"] == pytest.approx(4096 * 1.5 + (8192 + 512) * 0.75)
+    assert out["wire"] == pytest.approx(4096 * 1.5 + (8192 + 768) * 0.75)
+
+
+def test_target_gpus_is_for_gpu_targets():
+    from benchmarks.train_step import target_devices
+
+    with pytest.raises(ValueError, match="--target_gpus is for GPU targets"):
+        target_devices("tpu:v5e:2x4", gpus=8)

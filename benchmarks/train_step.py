@@ -49,6 +49,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 from jax.experimental import topologies
+from jax.extend import core as jax_core
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
@@ -240,8 +241,6 @@ _COMPONENT = re.compile(
 )
 _MATMUL_CALLS = ("__cublas", "__cudnn", "triton_gemm")
 _COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
-_ARRAY = re.compile(r"\b(pred|[su]\d+|f8\w*|bf16|f16|f32|f64)\[([\d,]*)\]")
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "f64": 8}
 # Their trace events enclose those of the instructions they run: counting both would double.
 _CONTAINERS = ("conditional", "while", "call")
 
@@ -321,32 +320,46 @@ def op_time_summary(trace_dir: Path, hlo_text: str, top: int = 8) -> dict:
     }
 
 
-def collective_bytes(hlo_text: str, num_devices: int) -> dict[str, float]:
-    """Bytes the collectives of a compiled step move, from its HLO, per device and step.
+# Collective primitives of a step's jaxpr -> the kind of collective they are.
+_COLLECTIVE_PRIMITIVES = {
+    "psum": "all-reduce",
+    "psum_invariant": "all-reduce",
+    "all_gather": "all-gather",
+    "all_gather_invariant": "all-gather",
+    "reduce_scatter": "reduce-scatter",
+}
 
-    Per kind (all-reduce, all-gather, reduce-scatter, ...): `<kind>` the size of the whole
-    buffers they act on (an all-gather's output, a reduce-scatter's input), and "wire" what a
-    ring moves per device for all of them: 2(N-1)/N of an all-reduce's buffer, (N-1)/N of an
-    all-gather's or reduce-scatter's. Each op counts once as written: one inside a loop (e.g.
-    `train.grad_accum_steps`) runs once per iteration.
+
+def collective_bytes(jaxpr: jax_core.Jaxpr, num_devices: int) -> dict[str, float]:
+    """Bytes the collectives of a step move per device, from its jaxpr (what the program asks
+    for; the compiler may split, fuse or convert them, e.g. XLA's TPU compiler runs some
+    reduce-scatters as an all-reduce and a slice).
+
+    Per kind: `all-reduce`, `all-gather`, `reduce-scatter` the size of the whole buffers they
+    act on (an all-gather's output, a reduce-scatter's input), and "wire" what a ring moves per
+    device for all of them: 2(N-1)/N of an all-reduce's buffer, (N-1)/N of an all-gather's or
+    reduce-scatter's. A loop's body counts once per iteration (gradient accumulation), a
+    conditional its largest branch (D's update).
     """
-    out, wire = Counter(), 0.0
     share = (num_devices - 1) / num_devices
-    for line in hlo_text.splitlines():
-        op = _INSTRUCTION.match(line)
-        if not op or op.group(2).removesuffix("-start") not in _COLLECTIVES:
-            continue
-        kind = op.group(2).removesuffix("-start")
-        result_type = line.split(" = ", 1)[1].split(f" {op.group(2)}(", 1)[0]
-        sizes = [
-            _DTYPE_BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
-            for dtype, dims in _ARRAY.findall(result_type)
-        ]
-        if kind != "all-reduce" and op.group(2).endswith("-start"):
-            sizes = sizes[len(sizes) // 2 :]  # (operands, results): the results.
-        size = sum(sizes) * (num_devices if kind == "reduce-scatter" else 1)
-        out[kind] += size
-        wire += size * (2 * share if kind == "all-reduce" else share)
+
+    def walk(jaxpr: jax_core.Jaxpr) -> Counter:
+        out = Counter()
+        for eqn in jaxpr.eqns:
+            kind = _COLLECTIVE_PRIMITIVES.get(eqn.primitive.name)
+            if kind is not None:
+                avals = eqn.outvars if kind == "all-gather" else eqn.invars
+                out[kind] += sum(v.aval.size * v.aval.dtype.itemsize for v in avals)
+            subs = [walk(sub) for sub in jax_core.jaxprs_in_params(eqn.params)]
+            if eqn.primitive.name == "cond":
+                subs = [max(subs, key=lambda c: sum(c.values()))]
+            for sub in subs:
+                for name, size in sub.items():
+                    out[name] += size * eqn.params.get("length", 1)
+        return out
+
+    out = walk(jaxpr)
+    wire = sum(size * (2 * share if kind == "all-reduce" else share) for kind, size in out.items())
     return {**out, "wire": wire}
 
 
@@ -463,7 +476,8 @@ def compile_step(
     step = make_train_step(config, models, features, mesh)
 
     start = time.perf_counter()
-    lowered = step.lower(state, data, encoder_params)
+    program = step.trace(state, data, encoder_params)
+    lowered = program.lower()
     traced = time.perf_counter()
     compiled = lowered.compile()
     compiled_at = time.perf_counter()
@@ -495,7 +509,7 @@ def compile_step(
         # The TrainState's bytes on one device, and the share of the state kept replicated.
         "state_gib_per_device": state_bytes / GIB,
         "state_replicated_fraction": replicated_fraction(abstract, num_devices),
-        "collective_bytes": collective_bytes(hlo_text, num_devices),
+        "collective_bytes": collective_bytes(program.jaxpr.jaxpr, num_devices),
         # Forward and backward calls of cuDNN's fused attention (0: XLA's attention throughout).
         "cudnn_attention_calls": hlo_text.count('custom_call_target="__cudnn$fmha'),
     }

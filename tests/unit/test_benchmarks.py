@@ -4,6 +4,7 @@ themselves: e2e/test_benchmarks_e2e.py)."""
 import importlib.metadata
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 
@@ -41,28 +42,33 @@ def test_tpu_target_without_libtpu_says_what_to_install():
         target_devices("tpu:v5e:2x2", memory_gib=16)
 
 
-def test_collective_bytes_reads_the_buffers_of_each_collective():
-    from benchmarks.train_step import collective_bytes
+def test_collective_bytes_counts_each_collective_of_the_program():
+    from jax import lax
+    from jax.sharding import PartitionSpec as P
 
-    hlo = "\n".join(
-        [
-            "ENTRY %main {",
-            "  %all-reduce.1 = f32[1024]{0} all-reduce(%p), channel_id=1, to_apply=%add",
-            "  %ag = (bf16[256,4]{1,0}, bf16[1024,4]{1,0}) all-gather-start(%q), dimensions={0}",
-            "  %ag.done = bf16[1024,4]{1,0} all-gather-done(%ag)",
-            "  %rs = f32[32]{0} reduce-scatter(%r), dimensions={0}, to_apply=%add",
-            "  %rs2 = (f32[64]{0}, f32[16]{0}) reduce-scatter-start(%s), dimensions={0}",
-            "  %add.3 = f32[1024]{0} add(%all-reduce.1, %all-reduce.1)",
-            "}",
-        ]
-    )
-    out = collective_bytes(hlo, num_devices=4)
-    assert out["all-reduce"] == 4096  # 1024 floats
-    assert out["all-gather"] == 1024 * 4 * 2  # the gathered bf16 result, not the operand
-    # Its whole input: 4 devices' outputs (an async one's result, not its operand as well).
-    assert out["reduce-scatter"] == (32 + 16) * 4 * 4
+    from benchmarks.train_step import collective_bytes
+    from sara_jax.training.sharding import data_mesh
+
+    def local(x, flag):  # x: this device's (4, 8) float32 rows
+        def body(carry, _):  # Twice: an all-gather of (16, 8) and a reduce-scatter of (4, 8).
+            whole = lax.all_gather(x, "data", axis=0, tiled=True)
+            return carry + lax.psum_scatter(whole[:4], "data", tiled=True).sum(), None
+
+        total, _ = lax.scan(body, lax.pcast(0.0, "data", to="varying"), None, length=2)
+        # A conditional counts its largest branch: an all-reduce of (4, 8) floats.
+        total += lax.cond(flag, lambda: lax.psum(x, "data").sum(), lambda: 0.0)
+        return lax.psum(total, "data")  # A scalar all-reduce.
+
+    mesh = data_mesh(jax.devices()[:4])
+    step = jax.shard_map(local, mesh=mesh, in_specs=(P("data"), P()), out_specs=P())
+    jaxpr = jax.make_jaxpr(step)(jnp.zeros((16, 8)), True).jaxpr
+    out = collective_bytes(jaxpr, num_devices=4)
+    assert out["all-gather"] == 2 * 16 * 8 * 4  # the gathered output, each iteration
+    assert out["reduce-scatter"] == 2 * 4 * 8 * 4  # the whole input, each iteration
+    assert out["all-reduce"] == 4 * 8 * 4 + 4
     # A ring moves 2(N-1)/N of an all-reduce's buffer, (N-1)/N of the others'.
-    assert out["wire"] == pytest.approx(4096 * 1.5 + (8192 + 768) * 0.75)
+    expected = (out["all-gather"] + out["reduce-scatter"]) * 0.75 + out["all-reduce"] * 1.5
+    assert out["wire"] == pytest.approx(expected)
 
 
 def test_target_gpus_is_for_gpu_targets():

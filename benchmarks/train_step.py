@@ -102,6 +102,12 @@ _ROUNDS = flags.DEFINE_integer(
 _TARGET_GPUS = flags.DEFINE_integer(
     "target_gpus", 1, "GPUs of the --target GPU machine (one host), e.g. 8 for an 8-GPU node."
 )
+_TRACE_ONLY = flags.DEFINE_bool(
+    "trace_only",
+    False,
+    "Trace only (no compile, nothing allocated): the state per device and the collectives' "
+    "bytes, which depend on the device count alone (e.g. 16 CPU devices for a v5e-16).",
+)
 _DUMP_HLO = flags.DEFINE_string(
     "dump_hlo", None, "Write each compiled step's HLO text to DIR/MODE_LAYOUT.hlo.txt."
 )
@@ -465,6 +471,7 @@ def compile_step(
     key = jax.random.key(config.seed)
     abstract = jax.eval_shape(init, key)
     layout = state_shardings(abstract, config.train.state_sharding, mesh)
+    ahead_of_time = ahead_of_time or _TRACE_ONLY.value  # Either needs shapes only.
     if ahead_of_time:
         state = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, layout
@@ -477,17 +484,7 @@ def compile_step(
 
     start = time.perf_counter()
     program = step.trace(state, data, encoder_params)
-    lowered = program.lower()
     traced = time.perf_counter()
-    compiled = lowered.compile()
-    compiled_at = time.perf_counter()
-    counts = flops.train_step(config, *models, encoder)
-    xla_cost = compiled.cost_analysis() or {}
-    hlo_text = compiled.as_text()
-    if _DUMP_HLO.value:
-        path = Path(_DUMP_HLO.value) / f"{mode}_{config.train.state_sharding}.hlo.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(hlo_text)
     state_bytes = sum(
         math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
         for x, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(layout), strict=True)
@@ -501,15 +498,31 @@ def compile_step(
         "remat": config.model.remat,
         "grad_accum_steps": config.train.grad_accum_steps,
         "trace_s": traced - start,
-        "compile_s": compiled_at - traced,
-        "flops_per_image": counts,
-        # XLA's count of the per-device program: includes elementwise work, see training/flops.py.
-        "xla_flops_per_image": xla_cost.get("flops", 0.0) * num_devices / batch or None,
-        "memory": memory_figures(compiled, None if ahead_of_time else mesh.devices.flat[0]),
         # The TrainState's bytes on one device, and the share of the state kept replicated.
         "state_gib_per_device": state_bytes / GIB,
         "state_replicated_fraction": replicated_fraction(abstract, num_devices),
         "collective_bytes": collective_bytes(program.jaxpr.jaxpr, num_devices),
+    }
+    if _TRACE_ONLY.value:
+        return result, None
+    lowered = program.lower()
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
+    compiled_at = time.perf_counter()
+    counts = flops.train_step(config, *models, encoder)
+    xla_cost = compiled.cost_analysis() or {}
+    hlo_text = compiled.as_text()
+    if _DUMP_HLO.value:
+        path = Path(_DUMP_HLO.value) / f"{mode}_{config.train.state_sharding}.hlo.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(hlo_text)
+    result |= {
+        "trace_s": lowered_at - start,
+        "compile_s": compiled_at - lowered_at,
+        "flops_per_image": counts,
+        # XLA's count of the per-device program: includes elementwise work, see training/flops.py.
+        "xla_flops_per_image": xla_cost.get("flops", 0.0) * num_devices / batch or None,
+        "memory": memory_figures(compiled, None if ahead_of_time else mesh.devices.flat[0]),
         # Forward and backward calls of cuDNN's fused attention (0: XLA's attention throughout).
         "cudnn_attention_calls": hlo_text.count('custom_call_target="__cudnn$fmha'),
     }
@@ -525,19 +538,23 @@ def _fmt(value: float | None, spec: str) -> str:
 def print_table(results: dict[str, dict]) -> None:
     header = (
         f"{'mode':<18} {'img/s':>9} {'step ms':>9} {'GFLOP/img':>10} {'TFLOP/s':>8} {'MFU':>6} "
-        f"{'compile s':>9} {'XLA GiB':>8} {'peak GiB':>8}"
+        f"{'compile s':>9} {'XLA GiB':>8} {'peak GiB':>8} {'state GiB':>9} {'wire GiB':>8}"
     )
     print(header)
     for mode, r in results.items():
         if "error" in r:
             print(f"{mode:<18} {r['error']}")
             continue
+        memory, flops_per_image = r.get("memory", {}), r.get("flops_per_image", {})
+        gflops = flops_per_image["total"] / 1e9 if flops_per_image else None
         print(
             f"{mode:<18} {_fmt(r.get('images_per_sec'), '9.1f')} "
-            f"{_fmt(r.get('step_ms'), '9.1f')} {r['flops_per_image']['total'] / 1e9:10.2f} "
+            f"{_fmt(r.get('step_ms'), '9.1f')} {_fmt(gflops, '10.2f')} "
             f"{_fmt(r.get('achieved_tflops_per_device'), '8.2f')} {_fmt(r.get('mfu'), '6.1%')} "
-            f"{r['trace_s'] + r['compile_s']:9.1f} {_fmt(r['memory']['compiled_gib'], '8.2f')} "
-            f"{_fmt(r['memory']['peak_in_use_gib'], '8.2f')}"
+            f"{r['trace_s'] + r.get('compile_s', 0):9.1f} "
+            f"{_fmt(memory.get('compiled_gib'), '8.2f')} "
+            f"{_fmt(memory.get('peak_in_use_gib'), '8.2f')} {r['state_gib_per_device']:9.2f} "
+            f"{r['collective_bytes']['wire'] / GIB:8.2f}"
         )
         for group, fractions in r.get("profile", {}).items():
             items = fractions.items() if isinstance(fractions, dict) else fractions

@@ -190,9 +190,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     monitor = in_training.make_config_monitor(config) if evaluates else None
 
     def sampled_params() -> dict:
-        # Whole on every device, whatever the layout: the samplers are plain jit programs.
+        # Whole on every device, whatever the layout: the samplers are plain jit programs. A
+        # jitted identity gathers across hosts as well.
         params = state.ema_params if config.sample.use_ema else state.params
-        return jax.device_put(params, replicated)
+        return jax.jit(lambda p: p, out_shardings=replicated)(params)
 
     def write_eval(step: int) -> str:
         params = sampled_params()

@@ -193,6 +193,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         # Whole on every device, whatever the layout: the samplers are plain jit programs. A
         # jitted identity gathers across hosts as well.
         params = state.ema_params if config.sample.use_ema else state.params
+        if t.state_sharding == "replicated":
+            return params  # No copy.
         return jax.jit(lambda p: p, out_shardings=replicated)(params)
 
     def write_eval(step: int) -> str:

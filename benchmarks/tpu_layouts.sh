@@ -7,6 +7,7 @@
 # global batch of 256, one JSON with the three layouts: memory per chip, XLA's FLOPs against the
 # analytic count, bytes moved by collectives, compile time. Then on a v5e-8 the batches that
 # bracket the largest each layout fits without recomputation. About an hour on 2 CPU cores.
+# SLICES="v6e_8:v6e:2x4" compiles that slice only; an empty SLICES only the v5e-8 batches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${1:-python}
@@ -19,13 +20,14 @@ compile() { # NAME TOPOLOGY BATCH LAYOUTS
     grep -v -e "^E0000" -e "WARNING" -e "^=== Source" -e "libtpu_init_utils" -e "host bounds"
 }
 
-for slice in v5e_8:v5e:2x4 v5e_16:v5e:4x4 v6e_8:v6e:2x4 v5p_8:v5p:2x2x1; do
+slices=${SLICES-v5e_8:v5e:2x4 v5e_16:v5e:4x4 v6e_8:v6e:2x4 v5p_8:v5p:2x2x1}
+for slice in $slices; do
   name=${slice%%:*}
   compile "tpu_${name}_layouts_sit_xl" "${slice#*:}" 256 all
 done
-# v5e-8 (16 GiB per chip): each layout at the batch its 256 figures suggest it fits without
-# recomputation, and at the next one up.
-for run in replicated:64 replicated:128 weight_update:192 weight_update:256 fsdp:320 fsdp:384; do
+# v5e-8 (16 GiB per chip): the batches that bracket the largest each layout runs without
+# recomputation, from its figure at 256 (replicated recomputes there; the others do not).
+for run in replicated:128 replicated:192 weight_update:320 fsdp:320 fsdp:384; do
   layout=${run%%:*} batch=${run#*:}
   compile "tpu_v5e_8_${layout}_b${batch}_sit_xl" v5e:2x4 "$batch" "$layout"
 done

@@ -379,14 +379,17 @@ def benchmark(
     peak_tflops: float | None,
     profile_dir: Path | None,
     ahead_of_time: bool = False,
+    trace_only: bool = False,
+    dump_hlo: str | None = None,
 ) -> dict:
     """Compiles and times the step of `base` with `mode`'s objective; returns its figures.
 
     ahead_of_time: `mesh` holds devices that are not here (`target_devices`): compile only, from
       shapes, and report no allocator peak and no timings.
+    trace_only, dump_hlo: as `compile_step`'s.
     """
-    result, run = compile_step(base, mode, batch, mesh, ahead_of_time)
-    if steps == 0 or ahead_of_time:
+    result, run = compile_step(base, mode, batch, mesh, ahead_of_time, trace_only, dump_hlo)
+    if steps == 0 or run is None:
         return result
     for _ in range(warmup):
         run()
@@ -448,9 +451,14 @@ def compile_step(
     batch: int,
     mesh: jax.sharding.Mesh,
     ahead_of_time: bool = False,
+    trace_only: bool = False,
+    dump_hlo: str | None = None,
 ) -> tuple[dict, Runner | None]:
     """Compiles the step of `base` with `mode`'s objective, the state laid out as its
     `train.state_sharding` says; returns its compile figures and a Runner (None ahead of time).
+
+    trace_only: stop after tracing (state per device, collectives), nothing compiled.
+    dump_hlo: a folder to write the compiled step's HLO text to.
     """
     config = copy.deepcopy(base)
     set_alignment(config, MODES[mode])
@@ -471,7 +479,7 @@ def compile_step(
     key = jax.random.key(config.seed)
     abstract = jax.eval_shape(init, key)
     layout = state_shardings(abstract, config.train.state_sharding, mesh)
-    ahead_of_time = ahead_of_time or _TRACE_ONLY.value  # Either needs shapes only.
+    ahead_of_time = ahead_of_time or trace_only  # Either needs shapes only.
     if ahead_of_time:
         state = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, layout
@@ -503,7 +511,7 @@ def compile_step(
         "state_replicated_fraction": replicated_fraction(abstract, num_devices),
         "collective_bytes": collective_bytes(program.jaxpr.jaxpr, num_devices),
     }
-    if _TRACE_ONLY.value:
+    if trace_only:
         return result, None
     lowered = program.lower()
     lowered_at = time.perf_counter()
@@ -512,8 +520,8 @@ def compile_step(
     counts = flops.train_step(config, *models, encoder)
     xla_cost = compiled.cost_analysis() or {}
     hlo_text = compiled.as_text()
-    if _DUMP_HLO.value:
-        path = Path(_DUMP_HLO.value) / f"{mode}_{config.train.state_sharding}.hlo.txt"
+    if dump_hlo:
+        path = Path(dump_hlo) / f"{mode}_{config.train.state_sharding}.hlo.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(hlo_text)
     result |= {
@@ -618,6 +626,8 @@ def main(argv: list[str]) -> None:
                 peak,
                 profile_dir,
                 ahead_of_time=bool(_TARGET.value),
+                trace_only=_TRACE_ONLY.value,
+                dump_hlo=_DUMP_HLO.value,
             )
         else:
             results |= compare_layouts(
@@ -650,7 +660,7 @@ def compare_layouts(
         config.train.state_sharding = layout
         try:
             results[f"{mode}/{layout}"], runners[layout] = compile_step(
-                config, mode, batch, mesh, ahead_of_time
+                config, mode, batch, mesh, ahead_of_time, _TRACE_ONLY.value, _DUMP_HLO.value
             )
         except jax.errors.JaxRuntimeError as e:  # Does not fit: a finding, not a failure.
             if "RESOURCE_EXHAUSTED" not in str(e):

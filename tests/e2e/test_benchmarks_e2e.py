@@ -93,3 +93,19 @@ def test_compiling_from_shapes_builds_the_program_that_runs(tiny_config):
     for key in ("memory", "xla_flops_per_image", "flops_per_image", "cudnn_attention_calls"):
         assert runs[0][key] == runs[1][key], key
     assert runs[1]["memory"]["peak_in_use_gib"] is None and "step_ms" not in runs[1]
+
+
+def test_trace_only_compares_the_layouts_without_compiling(tmp_path):
+    report = run_benchmark(
+        "train_step", tmp_path, "--batch=16", "--mode=sara", "--state_sharding=all", "--trace_only"
+    )
+    results = report["results"]
+    assert list(results) == ["sara/replicated", "sara/weight_update", "sara/fsdp"]
+    assert all("compile_s" not in r and "memory" not in r for r in results.values())
+    state = [r["state_gib_per_device"] for r in results.values()]
+    assert state[0] > state[1] > state[2]
+    wire = {name: r["collective_bytes"]["wire"] for name, r in results.items()}
+    # An all-reduce is a reduce-scatter and an all-gather: the same bytes.
+    assert wire["sara/weight_update"] == pytest.approx(wire["sara/replicated"], rel=1e-3)
+    # In float32 (this config) fsdp gathers its blocks' float32 params twice.
+    assert wire["sara/fsdp"] > wire["sara/weight_update"]

@@ -26,8 +26,14 @@ for slice in $slices; do
   compile "tpu_${name}_layouts_sit_xl" "${slice#*:}" 256 all
 done
 # v5e-8 (16 GiB per chip): the batches that bracket the largest each layout runs without
-# recomputation, from its figure at 256 (replicated recomputes there; the others do not).
-for run in replicated:128 replicated:192 weight_update:320 fsdp:320 fsdp:384; do
+# recomputation, from its figure at 256 (replicated recomputes there; the others do not) ...
+for run in replicated:64 replicated:128 replicated:192 weight_update:320 fsdp:320 fsdp:384; do
   layout=${run%%:*} batch=${run#*:}
   compile "tpu_v5e_8_${layout}_b${batch}_sit_xl" v5e:2x4 "$batch" "$layout"
+done
+# ... and the same programs on 8 chips of 95 GiB (a v5p-16), which recompute nothing: XLA's
+# FLOPs over the analytic count there is each batch's own no-recomputation figure.
+for run in replicated:64 replicated:128 weight_update:320; do
+  layout=${run%%:*} batch=${run#*:}
+  compile "tpu_v5p_16_${layout}_b${batch}_sit_xl" v5p:2x2x2 "$batch" "$layout"
 done

@@ -19,6 +19,7 @@ parameters and batch statistics stay replicated in every mode: D is some 0.5% of
 and its convolutions run on every step.
 """
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -58,8 +59,9 @@ def shard_axis(shape: tuple[int, ...], num_devices: int) -> int | None:
     divide (the first of equal ones), or None (kept replicated; always None on one device)."""
     if num_devices == 1:
         return None
-    sizes = [(size, -axis) for axis, size in enumerate(shape) if size % num_devices == 0]
-    return -max(sizes)[1] if sizes else None
+    divisible = [axis for axis, size in enumerate(shape) if size % num_devices == 0]
+    # max returns the first of equal sizes.
+    return max(divisible, key=lambda axis: shape[axis]) if divisible else None
 
 
 def leaf_spec(shape: tuple[int, ...], num_devices: int) -> P:
@@ -79,8 +81,8 @@ def state_specs(state: PyTree, mode: str, num_devices: int) -> PyTree:
         raise ValueError(f"train.state_sharding must be one of {', '.join(MODES)}, got {mode!r}")
     return state.replace(
         **{
-            field: tree_specs(getattr(state, field), num_devices, field in SHARDED_FIELDS[mode])
-            for field in ("step", "params", "ema_params", "disc", "opt_state", "disc_opt_state")
+            f.name: tree_specs(getattr(state, f.name), num_devices, f.name in SHARDED_FIELDS[mode])
+            for f in dataclasses.fields(state)
         }
     )
 

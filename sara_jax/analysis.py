@@ -16,11 +16,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from sara_jax.data.pipeline import make_source
 from sara_jax.encoders.load import load_encoder
 from sara_jax.io import cli, files
+from sara_jax.io.errors import InputError
 from sara_jax.objective import losses
 from sara_jax.objective.family import clean_input, make_objective
 from sara_jax.training.state import build_models, restore_params
@@ -100,7 +101,7 @@ def representations(
     params, step = restore_params(config, workdir, ema=True)
     source = make_source(config.data)
     if not 1 <= num_images <= len(source):
-        raise ValueError(f"--num_images must be in [1, {len(source)}], got {num_images}")
+        raise InputError(f"--num_images must be in [1, {len(source)}], got {num_images}")
     batch = {k: np.stack([source[i][k] for i in range(num_images)]) for k in source[0]}
     encoder = load_encoder(config, source)
     models = build_models(config, encoder.z_dim)
@@ -174,4 +175,4 @@ if __name__ == "__main__":
     )
     flags.DEFINE_integer("top_k", 50, "Singular values counted in the energy (50 in the paper).")
     flags.mark_flags_as_required(["workdir", "out"])
-    app.run(main)
+    cli.run(main)

@@ -28,6 +28,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from sara_jax.evaluation import inception, metrics, shapes
+from sara_jax.io import cli
+from sara_jax.io.errors import InputError, MissingInput
 from sara_jax.io.files import write_json
 from sara_jax.sampling import sample_set
 
@@ -41,7 +43,7 @@ def evaluate(
     fake = featurize(samples)
     real = featurize(reference["images"]) if "images" in reference else None
     if real is None and not {"fid", "sfid"} <= reference.keys():
-        raise ValueError("the reference has neither both statistics nor images")
+        raise InputError("the reference has neither both statistics nor images")
     ref_fid = reference.get("fid") or metrics.feature_stats(real["pool3"])
     ref_sfid = reference.get("sfid") or metrics.feature_stats(real["spatial"])
     precision = recall = None
@@ -68,7 +70,7 @@ def evaluate(
 
 
 def load_samples(path: str) -> np.ndarray:
-    """The uint8 images (N, H, W, 3) in `arr_0` of the --samples .npz at `path`; a ValueError
+    """The uint8 images (N, H, W, 3) in `arr_0` of the --samples .npz at `path`; an InputError
     naming the file and what it holds otherwise (pickled objects, no arr_0, another dtype or
     shape)."""
     name = f"--samples={path}"
@@ -77,15 +79,15 @@ def load_samples(path: str) -> np.ndarray:
 
 def load_record(path: str, num_images: int) -> dict[str, Any]:
     """The record `python -m sara_jax.sample` embedded in the --samples .npz at `path`; a
-    one-line ValueError when it is absent, incomplete or counts other than `num_images`."""
+    one-line InputError when it is absent, incomplete or counts other than `num_images`."""
     name = f"--samples={path}"
     arrays = metrics.read_npz(path, name, metrics.IMAGES)
     try:
         record = sample_set.read_record(arrays, name)
     except ValueError as err:
-        raise ValueError(f"{err}; --unrecorded scores a set drawn elsewhere") from None
+        raise InputError(f"{err}; --unrecorded scores a set drawn elsewhere") from None
     if record["num_samples"] != num_images or len(arrays.get("arr_1", ())) != num_images:
-        raise ValueError(
+        raise InputError(
             f"{name}: its record counts {record['num_samples']} samples, the file holds "
             f"{num_images} images and {len(arrays.get('arr_1', ()))} labels"
         )
@@ -115,7 +117,7 @@ def main(argv: list[str]) -> None:
     f = flags.FLAGS
     samples_path = Path(f.samples)
     if not samples_path.is_file():
-        raise FileNotFoundError(f"--samples={f.samples!r}: no such file")
+        raise MissingInput(f"--samples={f.samples!r}: no such file")
     # Read first, so a bad input file fails at once rather than after the weights load.
     samples = load_samples(f.samples)
     record = None if f.unrecorded else load_record(f.samples, len(samples))
@@ -131,7 +133,7 @@ def main(argv: list[str]) -> None:
                 ".[fid]`, or --inception)"
             )
     if "shapes" in wanted and not shapes_set:
-        raise ValueError(f"--metrics=shapes: --samples={f.samples} is not a recorded shapes set")
+        raise InputError(f"--metrics=shapes: --samples={f.samples} is not a recorded shapes set")
     results: dict[str, Any] = {}
     if "shapes" in wanted:
         results |= shapes_metrics(samples, record)
@@ -142,7 +144,7 @@ def main(argv: list[str]) -> None:
             data = ml_collections.ConfigDict(record["config"]).data
             reference = {"images": shapes.reference_images(data, len(samples))}
         else:
-            raise ValueError("--reference: a reference batch .npz is needed for FID")
+            raise InputError("--reference: a reference batch .npz is needed for FID")
         model, variables = load_inception(f.inception, "--inception")
         featurize = inception.make_featurizer(model, variables, f.batch_size, f.preprocessing)
         results |= evaluate(samples, reference, featurize)
@@ -196,4 +198,4 @@ if __name__ == "__main__":
         "pytorch-fid does.",
     )
     flags.mark_flags_as_required(["samples"])
-    app.run(main)
+    cli.run(main)

@@ -7,8 +7,9 @@ share of every global batch.
 """
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 
+from sara_jax.config import validate
 from sara_jax.io import cli, preemption
 from sara_jax.training import loop
 
@@ -23,11 +24,18 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_START_AFRESH = flags.DEFINE_bool(
+    "start_afresh",
+    False,
+    "Train from step 0 in a workdir that holds a previous run but no good checkpoint (its "
+    "files are kept); without it such a workdir is refused.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
     cli.begin(argv)
+    validate(_CONFIG.value)  # Here, so that a refused value is told before any device starts.
     if _DISTRIBUTED.value:
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     logging.info(
@@ -38,8 +46,8 @@ def main(argv: list[str]) -> None:
         jax.device_count(),
     )
     with preemption.exits_cleanly("training"):
-        loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _START_AFRESH.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from sara_jax.io import cli
+from sara_jax.io.errors import InputError
 from sara_jax.io.events import Scalars, read_scalars
 
 # The metrics drawn by default, with the titles they get (the paper's names).
@@ -30,6 +31,8 @@ TITLES = {
     "adv": "L_adv",
     "disc_loss": "L_D",
     "fid": "FID (lower is better)",
+    "fd": "fd, shapes evaluator (lower is better)",
+    "class_acc": "class_acc, shapes evaluator (higher is better)",
 }
 
 
@@ -75,14 +78,14 @@ def plot_runs(
       The paths written, `curves.png` last.
 
     Raises:
-      ValueError: when no run logged any of `metrics`.
+      InputError: when no run logged any of `metrics`.
     """
     if not 0 <= smoothing < 1:
-        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+        raise InputError(f"smoothing must be in [0, 1), got {smoothing}")
     present = [m for m in metrics if any(m in scalars for scalars in runs.values())]
     if not present:
         found = sorted({tag for scalars in runs.values() for tag in scalars})
-        raise ValueError(f"none of the metrics {list(metrics)} was logged; found {found}")
+        raise InputError(f"none of the metrics {list(metrics)} was logged; found {found}")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for metric in present:
@@ -103,10 +106,10 @@ def plot_runs(
 def run_labels(workdirs: Sequence[str], labels: Sequence[str]) -> list[str]:
     """`labels` if given (one per workdir), else each workdir's last path component; distinct."""
     if labels and len(labels) != len(workdirs):
-        raise ValueError(f"--labels has {len(labels)} names for {len(workdirs)} --workdirs")
+        raise InputError(f"--labels has {len(labels)} names for {len(workdirs)} --workdirs")
     names = list(labels) or [w.rstrip("/").rsplit("/", 1)[-1] for w in workdirs]
     if len(set(names)) != len(names):
-        raise ValueError(f"runs need distinct labels, got {names}: pass --labels")
+        raise InputError(f"runs need distinct labels, got {names}: pass --labels")
     return names
 
 
@@ -126,4 +129,4 @@ if __name__ == "__main__":
     flags.DEFINE_list("metrics", list(TITLES), "Scalar tags to draw, in order.")
     flags.DEFINE_float("smoothing", 0.0, "TensorBoard-style smoothing weight in [0, 1).")
     flags.mark_flags_as_required(["workdirs", "out"])
-    app.run(main)
+    cli.run(main)

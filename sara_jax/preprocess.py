@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
-from absl import app, logging
+from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -38,6 +38,7 @@ from sara_jax.data.shard_writer import (
     write_shard,
 )
 from sara_jax.io import cli
+from sara_jax.io.errors import InputError
 from sara_jax.io.files import write_json
 from sara_jax.models.dtype import dtype_of
 
@@ -94,9 +95,9 @@ def preprocess(config: ml_collections.ConfigDict, process_index: int, process_co
     """Writes this process's shards of config.data.dir, then dataset.json if all are done."""
     p = config.preprocess
     if not config.data.dir:
-        raise ValueError("config.data.dir is empty: set it to the output directory")
+        raise InputError("config.data.dir is empty: set it to the output directory")
     if p.batch_size % jax.local_device_count():
-        raise ValueError(
+        raise InputError(
             f"config.preprocess.batch_size={p.batch_size} must be divisible by the "
             f"{jax.local_device_count()} local devices"
         )
@@ -150,4 +151,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     cli.define_flags()
-    app.run(main)
+    cli.run(main)

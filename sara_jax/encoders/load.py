@@ -111,7 +111,7 @@ def convert_encoder(encoder: ml_collections.ConfigDict, field: str) -> PyTree:
     except FileNotFoundError as e:
         if not spec.download:
             raise
-        raise FileNotFoundError(
+        raise type(e)(  # A MissingInput stays one.
             f"{e} {encoder.name}'s weights (as REPA uses them) are not on the Hugging Face "
             f"hub: download {spec.download} and set {field} to the file's path."
         ) from e

@@ -9,6 +9,8 @@ is the identity.
 
 import dataclasses
 
+from sara_jax.io.errors import InputError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -109,9 +111,9 @@ ENCODERS: dict[str, EncoderSpec] = {
 
 
 def encoder_spec(name: str, field: str = "encoder.name") -> EncoderSpec:
-    """The entry `name` of ENCODERS; a ValueError naming the config `field` if there is none."""
+    """The entry `name` of ENCODERS; an InputError naming the config `field` if there is none."""
     if name not in ENCODERS:
-        raise ValueError(f"config.{field} must be one of {sorted(ENCODERS)}, got {name!r}")
+        raise InputError(f"config.{field} must be one of {sorted(ENCODERS)}, got {name!r}")
     return ENCODERS[name]
 
 

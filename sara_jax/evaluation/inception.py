@@ -27,8 +27,8 @@ def make_featurizer(
     mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
     rows = NamedSharding(mesh, P("data"))
     variables = jax.device_put(variables, NamedSharding(mesh, P()))
-    if batch_size % jax.local_device_count():
-        raise ValueError(f"--batch_size={batch_size} must divide by {jax.local_device_count()}")
+    # Batches are padded to a multiple of the devices: any batch_size on any device count.
+    width = -(-batch_size // mesh.devices.size) * mesh.devices.size
 
     @jax.jit
     def features(variables: PyTree, images: jax.Array) -> dict[str, jax.Array]:
@@ -44,7 +44,7 @@ def make_featurizer(
         parts = []
         for start in tqdm.trange(0, len(images), batch_size, unit="batch"):
             batch = images[start : start + batch_size]
-            padded = np.resize(batch, (batch_size, *batch.shape[1:]))
+            padded = np.resize(batch, (width, *batch.shape[1:]))
             out = features(variables, jax.device_put(padded, rows))
             parts.append({k: np.asarray(v)[: len(batch)] for k, v in out.items()})
         joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import linalg, special
 
+from sara_jax.io.errors import InputError, MissingInput
+
 POOL_DIM = 2048
 SPATIAL_CHANNELS = 7  # ADM keeps only the first 7 channels of mixed_6/conv.
 SPATIAL_SIZE = 17  # mixed_6/conv is 17x17 for the graph's 299x299 input.
@@ -230,14 +232,14 @@ def read_npz(path: str, name: str, expected: str) -> dict[str, np.ndarray]:
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic.startswith(b"\x93NUMPY"):
-        raise ValueError(f"{name} is a single .npy array, not an .npz archive; expected {expected}")
+        raise InputError(f"{name} is a single .npy array, not an .npz archive; expected {expected}")
     if not magic.startswith(b"PK"):
         # numpy would call such a file a pickle and suggest unpickling it.
-        raise ValueError(f"{name} is not an .npz (zip) archive; expected {expected}")
+        raise InputError(f"{name} is not an .npz (zip) archive; expected {expected}")
     try:
         npz = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{name} is truncated or damaged ({err}); expected {expected}") from err
+        raise InputError(f"{name} is truncated or damaged ({err}); expected {expected}") from err
     out = {}
     with npz:
         for key in npz.files:
@@ -245,26 +247,26 @@ def read_npz(path: str, name: str, expected: str) -> dict[str, np.ndarray]:
                 out[key] = npz[key]
             except ValueError as err:
                 if "allow_pickle" not in str(err):
-                    raise ValueError(f"{name}: {key} cannot be read ({err})") from err
+                    raise InputError(f"{name}: {key} cannot be read ({err})") from err
                 # Unpickling would run code from the file, and objects are not images anyway.
-                raise ValueError(
+                raise InputError(
                     f"{name}: {key} holds pickled Python objects, which are not loaded; "
                     f"expected {expected}"
                 ) from err
             except (OSError, EOFError, zipfile.BadZipFile) as err:
-                raise ValueError(f"{name}: {key} cannot be read ({err})") from err
+                raise InputError(f"{name}: {key} cannot be read ({err})") from err
     return out
 
 
 def check_images(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
-    """`arrays["arr_0"]` if it is uint8 (N, H, W, 3); else a ValueError starting with `name`
+    """`arrays["arr_0"]` if it is uint8 (N, H, W, 3); else an InputError starting with `name`
     that says what was found. Float images in [0, 1] or [-1, 1] are refused rather than
     featurised as if they were 0..255, which would give meaningless metrics."""
     if "arr_0" not in arrays:
-        raise ValueError(f"{name} has no arr_0 (it holds {sorted(arrays)}); expected {IMAGES}")
+        raise InputError(f"{name} has no arr_0 (it holds {sorted(arrays)}); expected {IMAGES}")
     images = arrays["arr_0"]
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(
+        raise InputError(
             f"{name}: arr_0 is {images.dtype} {images.shape}; expected {IMAGES} "
             "(`python -m sara_jax.sample` writes them)"
         )
@@ -282,7 +284,7 @@ def load_reference(path: str) -> dict:
     Errors name the file and what was expected of it.
     """
     if not os.path.exists(path):
-        raise FileNotFoundError(f"reference batch not found: {path}")
+        raise MissingInput(f"reference batch not found: {path}")
     arrays = read_npz(path, path, f"FID stats ('mu', 'sigma') and/or {IMAGES}")
     out = {}
     stats = {"fid": ("mu", "sigma", POOL_DIM), "sfid": ("mu_s", "sigma_s", SPATIAL_DIM)}
@@ -291,18 +293,18 @@ def load_reference(path: str) -> dict:
             try:
                 out[name] = FeatureStats(arrays[mu], arrays[sigma])
             except ValueError as err:
-                raise ValueError(f"{path}: {mu!r}/{sigma!r}: {err}") from err
+                raise InputError(f"{path}: {mu!r}/{sigma!r}: {err}") from err
             if out[name].mu.shape != (dim,):
-                raise ValueError(
+                raise InputError(
                     f"{path}: {mu!r}/{sigma!r} are stats of {out[name].mu.shape[0]} features; "
                     f"{name} compares the Inception's {dim} (ADM's reference batches hold them)"
                 )
         elif mu in arrays or sigma in arrays:
-            raise ValueError(f"{path}: has only one of {mu!r}/{sigma!r}; keys: {sorted(arrays)}")
+            raise InputError(f"{path}: has only one of {mu!r}/{sigma!r}; keys: {sorted(arrays)}")
     if "arr_0" in arrays:
         out["images"] = check_images(arrays, path)
     if "fid" not in out and "images" not in out:
-        raise ValueError(
+        raise InputError(
             f"{path}: expected FID stats ('mu', 'sigma') or images ('arr_0'); "
             f"keys: {sorted(arrays)}"
         )

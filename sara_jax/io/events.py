@@ -5,6 +5,8 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.compat import tf
 from tensorboard.util import tensor_util
 
+from sara_jax.io.errors import MissingInput
+
 Scalars = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
@@ -22,7 +24,7 @@ def read_scalars(workdir: str) -> Scalars:
     files = tf.io.gfile.glob(f"{root}/events.out.tfevents.*")
     files += tf.io.gfile.glob(f"{root}/*/events.out.tfevents.*")
     if not files:
-        raise FileNotFoundError(f"no TensorBoard event files in {workdir}")
+        raise MissingInput(f"no TensorBoard event files in {workdir}")
     by_tag: dict[str, dict[int, float]] = {}
     # Event file names start with their creation time, so this reads older files first.
     for path in sorted(files, key=lambda p: p.rsplit("/", 1)[-1]):

@@ -6,6 +6,7 @@ The schedule and the network's output parameterisation are `sara_jax.objective.d
 import jax
 import jax.numpy as jnp
 
+from sara_jax.io.errors import InputError
 from sara_jax.objective.diffusion import ModelFn, Schedule, p_mean_variance
 from sara_jax.sampling.samplers import conditional_and_unconditional
 
@@ -13,10 +14,10 @@ SAMPLERS = ("ddpm",)
 
 
 def check_method(method: str, field: str = "sample.method") -> None:
-    """Raises a ValueError naming the config `field` unless `method` is one of SAMPLERS."""
+    """Raises an InputError naming the config `field` unless `method` is one of SAMPLERS."""
     if method not in SAMPLERS:
         expected = f"one of {SAMPLERS} for model.family='dit'"
-        raise ValueError(f"config.{field} must be {expected}, got {method!r}")
+        raise InputError(f"config.{field} must be {expected}, got {method!r}")
 
 
 def guided_model(model_fn: ModelFn, null_label: int, cfg_scale: float, channels: int) -> ModelFn:

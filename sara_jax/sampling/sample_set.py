@@ -45,6 +45,7 @@ from jax.sharding import PartitionSpec as P
 
 from sara_jax.encoders.registry import encoder_width
 from sara_jax.io import files, preemption
+from sara_jax.io.errors import InputError
 from sara_jax.sampling import chunks, denoiser
 from sara_jax.sampling.decode import latent_decoder
 from sara_jax.training.state import build_models, restore_params
@@ -84,6 +85,10 @@ def make_chunk_sampler(
     models = build_models(config, encoder_width(config.encoder))
     mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
     rows, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    # Every chunk is padded to one width, a multiple of the devices: one compiled shape, and
+    # any sample.batch_size on any device count (each sample is drawn on its own, so the
+    # padding changes none of them).
+    width = -(-s.batch_size // mesh.devices.size) * mesh.devices.size
     decoder = latent_decoder(config)
     vae_params = None if decoder is None else jax.device_put(decoder.params, replicated)
 
@@ -119,12 +124,11 @@ def make_chunk_sampler(
         params: PyTree, indices: np.ndarray, saved: str | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         labels = sample_labels(config, indices)
-        padded = np.resize(indices, s.batch_size)  # One compiled shape for the last chunk.
         out = chunk(
             params,
             vae_params,
-            jax.device_put(padded, rows),
-            jax.device_put(np.resize(np.asarray(labels), s.batch_size), rows),
+            jax.device_put(np.resize(indices, width), rows),
+            jax.device_put(np.resize(np.asarray(labels), width), rows),
         )
         if saved is not None:
             out = preemption.wait(out, saved)
@@ -215,12 +219,12 @@ def open_set(out: epath.Path, settings: dict[str, Any]) -> bool:
     except (ValueError, AttributeError):  # Not JSON, or not an object.
         stored = None
     if not isinstance(stored, dict):
-        raise ValueError(f"{path}: not a sample set's record (no settings object)")
+        raise InputError(f"{path}: not a sample set's record (no settings object)")
     for name in sorted(stored.keys() | settings.keys()):
         has, wants = stored.get(name, _MISSING), settings.get(name, _MISSING)
         if has != wants:
             has, wants = ("nothing" if v is _MISSING else json.dumps(v) for v in (has, wants))
-            raise ValueError(
+            raise InputError(
                 f"{out}: its set.json has {name}={has}, but the settings this directory is "
                 f"named for have {name}={wants}; move the directory away to draw the set afresh"
             )
@@ -261,19 +265,19 @@ def read_record(arrays: dict[str, np.ndarray], name: str) -> dict[str, Any]:
     is absent or incomplete."""
     written = "`python -m sara_jax.sample` writes complete records"
     if "record" not in arrays:
-        raise ValueError(f"{name}: no record of the settings that drew its samples; {written}")
+        raise InputError(f"{name}: no record of the settings that drew its samples; {written}")
     try:
         record = json.loads(str(arrays["record"]))
     except ValueError as err:
-        raise ValueError(f"{name}: its record is not JSON ({err}); {written}") from None
+        raise InputError(f"{name}: its record is not JSON ({err}); {written}") from None
     if not isinstance(record, dict):
-        raise ValueError(f"{name}: its record is not a JSON object; {written}")
+        raise InputError(f"{name}: its record is not a JSON object; {written}")
     missing = [key for key in RECORD_KEYS if key not in record]
     settings = record.get("settings")
     settings = settings if isinstance(settings, dict) else {}
     missing += [f"settings.{key}" for key in SETTING_KEYS if key not in settings]
     if missing:
-        raise ValueError(f"{name}: its record lacks {', '.join(missing)}; {written}")
+        raise InputError(f"{name}: its record lacks {', '.join(missing)}; {written}")
     return record
 
 
@@ -288,11 +292,6 @@ def sample_set(
     with every chunk drawn so far saved.
     """
     s = config.sample
-    if s.batch_size % jax.local_device_count():
-        raise ValueError(
-            f"config.sample.batch_size={s.batch_size} must be divisible by the "
-            f"{jax.local_device_count()} local devices"
-        )
     params, step = restore_params(config, workdir, s.use_ema)
     settings = set_settings(config, step)
     out = files.resolve(workdir) / set_name(settings)

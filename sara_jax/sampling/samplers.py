@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sara_jax.io.errors import InputError
+
 VelocityFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 SDE_LAST_T = 0.04  # REPA's last stochastic time; from there one deterministic step to 0.
@@ -234,10 +236,10 @@ SAMPLERS = ("sde", "euler", "heun")
 
 
 def check_method(method: str, field: str = "sample.method") -> None:
-    """Raises a ValueError naming the config `field` unless `method` is one of SAMPLERS."""
+    """Raises an InputError naming the config `field` unless `method` is one of SAMPLERS."""
     if method not in SAMPLERS:
         expected = f"one of {SAMPLERS} for model.family='sit'"
-        raise ValueError(f"config.{field} must be {expected}, got {method!r}")
+        raise InputError(f"config.{field} must be {expected}, got {method!r}")
 
 
 def sample(

@@ -145,3 +145,16 @@ def _move_aside(step_dir: epath.Path, to: epath.Path) -> None:
         logging.warning("moved bad checkpoint %s to %s (kept, not deleted)", step_dir, target)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"moved bad checkpoint {step_dir.name}")
+
+
+# What a run leaves in its workdir besides checkpoints: a sign that one ran there.
+RUN_TRACES = ("config.json", "events.out.tfevents.*", "corrupt_checkpoints")
+
+
+def previous_run_without_checkpoints(workdir: epath.Path) -> list[str]:
+    """What `workdir` holds of a previous run (RUN_TRACES) when it holds no checkpoint step;
+    [] when it holds a step (a resume) or nothing of a run (a fresh start)."""
+    steps = workdir / "checkpoints"
+    if steps.exists() and any(p.name.isdigit() for p in steps.iterdir()):
+        return []
+    return sorted({p.name for pattern in RUN_TRACES for p in workdir.glob(pattern)})

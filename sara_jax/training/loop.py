@@ -22,6 +22,7 @@ from sara_jax.data.pipeline import make_source, make_train_iterator
 from sara_jax.encoders.load import load_encoder
 from sara_jax.evaluation import in_training
 from sara_jax.io import files, preemption, tensorboard
+from sara_jax.io.errors import InputError
 from sara_jax.models.sit import SiT
 from sara_jax.sampling import denoiser
 from sara_jax.sampling.decode import latent_decoder
@@ -86,11 +87,32 @@ def check_finite(metrics: dict, step: int, mode: str) -> None:
     logging.warning(message)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Trains (resuming from the latest checkpoint in workdir) and writes sample grids."""
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, start_afresh: bool = False
+) -> TrainState:
+    """Trains (resuming from the latest checkpoint in workdir) and writes sample grids.
+
+    A workdir that holds a previous run (`checkpoints.RUN_TRACES`) but no checkpoint step, as
+    after every step of it was found corrupt and moved aside, is refused with an InputError
+    before anything is built, unless `start_afresh`: a scheduler that restarts the job must not
+    silently train from step 0 over a run that existed.
+    """
     validate(config, num_devices=jax.device_count())
     workdir = files.resolve(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    if traces := checkpoints.previous_run_without_checkpoints(workdir):
+        if not start_afresh:
+            raise InputError(
+                f"--workdir={workdir} holds a previous run ({', '.join(traces)}) but no "
+                "checkpoint: restore its checkpoints (corrupt ones are in corrupt_checkpoints/), "
+                "or pass --start_afresh to train from step 0 there, or use another --workdir"
+            )
+        logging.warning(
+            "starting afresh from step 0 in %s over a previous run's %s (--start_afresh; "
+            "kept, not deleted)",
+            workdir,
+            ", ".join(traces),
+        )
     mesh = data_mesh()
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P(AXIS))

@@ -13,6 +13,7 @@ from jax import lax
 
 from sara_jax.encoders.registry import encoder_width
 from sara_jax.io import files
+from sara_jax.io.errors import MissingInput
 from sara_jax.models.discriminator import Discriminator
 from sara_jax.models.dtype import dtype_of
 from sara_jax.models.projector import Projector
@@ -159,6 +160,6 @@ def restore_params(
     if directory.is_dir():
         found = checkpoints.restore_good(ocp.CheckpointManager(directory), abstract)
     if found is None:
-        raise FileNotFoundError(f"--workdir={workdir!r}: no checkpoint under {directory}")
+        raise MissingInput(f"--workdir={workdir!r}: no checkpoint under {directory}")
     step, restored = found
     return (restored.state.ema_params if ema else restored.state.params), step

@@ -21,11 +21,12 @@ def test_a_missing_config_file_is_one_line_naming_it(command):
         text=True,
         timeout=300,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2  # An input error (io/cli.run).
     # What absl and XLA log before anything starts is not the program's output.
     lines = [
         line
         for line in result.stderr.splitlines()
         if line and not line.startswith(("I0000", "WARNING: All log messages"))
     ]
-    assert lines == [f"--config=configs/nope.py:sara: no such file ({REPO / 'configs/nope.py'})"]
+    missing = f"--config=configs/nope.py:sara: no such file ({REPO / 'configs/nope.py'})"
+    assert lines == [f"sara_jax.{command}: error: {missing}"]

@@ -87,6 +87,15 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert int(restore_state(tmp_path / "run" / "checkpoints" / str(saved))["step"]) == saved
 
 
+def flip_bytes(step_dir) -> None:
+    """Flips 16 bytes in the middle of the step's largest array file, its size unchanged."""
+    target = max((step_dir / "state").rglob("*"), key=lambda p: p.stat().st_size)
+    data = bytearray(target.read_bytes())
+    middle = slice(len(data) // 2, len(data) // 2 + 16)
+    data[middle] = bytes(b ^ 0xFF for b in data[middle])
+    target.write_bytes(bytes(data))
+
+
 def test_a_corrupt_latest_checkpoint_is_named_and_training_resumes_from_the_previous(tmp_path):
     cache, workdir = tmp_path / "cache", tmp_path / "run"
     first = subprocess.run(
@@ -94,15 +103,7 @@ def test_a_corrupt_latest_checkpoint_is_named_and_training_resumes_from_the_prev
         env=ENV, timeout=600,
     )  # fmt: skip
     assert first.returncode == 0, first.stderr[-3000:]
-    # Flipped bytes in the middle of step 4's largest array file, the file size unchanged.
-    target = max(
-        (workdir / "checkpoints" / "4" / "state").rglob("*"), key=lambda p: p.stat().st_size
-    )
-    data = bytearray(target.read_bytes())
-    data[len(data) // 2 : len(data) // 2 + 16] = bytes(
-        b ^ 0xFF for b in data[len(data) // 2 : len(data) // 2 + 16]
-    )
-    target.write_bytes(bytes(data))
+    flip_bytes(workdir / "checkpoints" / "4")
 
     again = subprocess.run(
         command(workdir, cache, "--config.train.num_steps=6"), capture_output=True, text=True,
@@ -114,3 +115,55 @@ def test_a_corrupt_latest_checkpoint_is_named_and_training_resumes_from_the_prev
     assert (workdir / "corrupt_checkpoints" / "4" / "state").is_dir()  # Kept, not deleted.
     expected, got = losses_by_step(first.stderr), losses_by_step(again.stderr)
     assert sorted(got) == [3, 4, 5, 6] and got[3] == expected[3] and got[4] == expected[4]
+
+
+def test_a_run_whose_every_step_is_corrupt_is_not_restarted_without_start_afresh(tmp_path):
+    cache, workdir = tmp_path / "cache", tmp_path / "run"
+    run = lambda *flags: subprocess.run(  # noqa: E731
+        command(workdir, cache, "--config.train.num_steps=4", *flags), capture_output=True,
+        text=True, env=ENV, timeout=600,
+    )  # fmt: skip
+    assert run().returncode == 0
+    for step in ("2", "4"):
+        flip_bytes(workdir / "checkpoints" / step)
+    first = run()
+    assert first.returncode != 0 and "no good checkpoint" in first.stderr
+    assert sorted(p.name for p in (workdir / "corrupt_checkpoints").iterdir()) == ["2", "4"]
+    # As a scheduler restarting the job would: refused again, nothing trained.
+    again = run()
+    assert again.returncode != 0
+    assert (
+        f"--workdir={workdir} holds a previous run (config.json, corrupt_checkpoints, "
+        "events.out.tfevents." in again.stderr
+    )
+    assert "--start_afresh" in again.stderr and not losses_by_step(again.stderr)
+    assert not list((workdir / "checkpoints").iterdir())
+
+    afresh = run("--start_afresh")
+    assert afresh.returncode == 0, afresh.stderr[-3000:]
+    assert f"starting afresh from step 0 in {workdir}" in afresh.stderr
+    assert sorted(losses_by_step(afresh.stderr)) == [1, 2, 3, 4]
+    assert sorted(p.name for p in (workdir / "corrupt_checkpoints").iterdir()) == ["2", "4"]
+
+
+def test_a_truncated_latest_step_costs_three_lines_and_the_run_resumes(tmp_path):
+    cache, workdir = tmp_path / "cache", tmp_path / "run"
+    run = lambda steps: subprocess.run(  # noqa: E731
+        command(workdir, cache, f"--config.train.num_steps={steps}"), capture_output=True,
+        text=True, env=ENV, timeout=600,
+    )  # fmt: skip
+    assert run(4).returncode == 0
+    target = max(
+        (workdir / "checkpoints" / "4" / "state").rglob("*"), key=lambda p: p.stat().st_size
+    )
+    os.truncate(target, target.stat().st_size // 2)
+    again = run(6)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from step 2" in again.stderr
+    fault = [line for line in again.stderr.splitlines() if "checkpoints.py:" in line]
+    # Which step and why, where it went, which step is used.
+    assert len(fault) == 3, fault
+    assert f"checkpoint {workdir / 'checkpoints' / '4'} is bad: unreadable" in fault[0]
+    assert "moved bad checkpoint" in fault[1] and "newest good one" in fault[2]
+    lines = again.stderr.splitlines()
+    assert len(lines) < 60 and not [x for x in lines if "Exception ignored" in x], len(lines)

@@ -20,6 +20,8 @@ from configs import (
     table5_encoders,
 )
 from sara_jax.config import base_config, flat_items, set_alignment, validate
+from sara_jax.config.rules import check_name
+from sara_jax.io.errors import InputError
 
 
 @pytest.mark.parametrize(
@@ -204,7 +206,9 @@ def test_command_line_data_fields_carry_over_to_the_model(monkeypatch):
 def test_unknown_missing_and_mistyped_fields():
     c = base_config()
     c.optim.lrr = 1e-4
-    with pytest.raises(ValueError, match=r"config.optim.lrr is not a known field"):
+    with pytest.raises(
+        InputError, match=r"config.optim.lrr is not a known field .*closest: optim.lr"
+    ):
         validate(c)
     c = base_config()
     del c.disc["every"]
@@ -215,6 +219,24 @@ def test_unknown_missing_and_mistyped_fields():
     c = ml_collections.ConfigDict(d)
     with pytest.raises(ValueError, match=r"config.train.num_steps must be of type int"):
         validate(c)
+
+
+def test_a_name_of_no_field_names_its_section_and_the_closest_fields():
+    """What `--config.<name>=...` of no field says (io/cli.check_config_args)."""
+    c = base_config()
+    check_name(c, "model.input_size")  # Derived fields and sections are names too.
+    check_name(c, "encoder.arch")
+    with pytest.raises(
+        InputError, match=r"^config.train has no field 'batch_size'; closest: "
+    ) as e:
+        check_name(c, "train.batch_size")
+    assert "sample.batch_size" in str(e.value) and "data.global_batch_size" in str(e.value)
+    with pytest.raises(InputError, match=r"^config.optim has no field 'lrr'; closest: optim.lr, "):
+        check_name(c, "optim.lrr")
+    with pytest.raises(InputError, match=r"^config has no section or field 'zzz'; it has data, "):
+        check_name(c, "zzz")
+    with pytest.raises(InputError, match=r"^config.optim.lr is a float field, it has no field 'x'"):
+        check_name(c, "optim.lr.x")
 
 
 def test_batch_must_divide_over_devices_and_tokens_must_match():

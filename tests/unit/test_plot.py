@@ -28,3 +28,16 @@ def test_smoothing_is_tensorboards():
     values = np.array([1.0, 3.0])
     # Debiased EMA: the first point is kept; the second is (0.25 * 1 + 0.5 * 3) / (1 - 0.25).
     np.testing.assert_allclose(plot.smooth(values, 0.5), [1.0, (0.25 * 1 + 0.5 * 3) / 0.75])
+
+
+def test_the_evaluation_metrics_a_run_logged_are_drawn_by_default(tmp_path):
+    steps = np.array([300, 600])
+    runs = {
+        "demo": {
+            "loss": (np.arange(1, 601), np.linspace(1, 0.2, 600)),
+            "fd": (steps, np.array([6.6, 0.33])),
+            "class_acc": (steps, np.array([0.8, 1.0])),
+        }
+    }
+    drawn = plot.plot_runs(runs, list(plot.TITLES), tmp_path)
+    assert [p.name for p in drawn] == ["loss.png", "fd.png", "class_acc.png", "curves.png"]

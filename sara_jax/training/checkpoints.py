@@ -14,6 +14,8 @@ one jitted call, so verifying an XL state costs a pass over its memory rather th
 It detects corruption, not tampering.
 """
 
+import sys
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -92,6 +94,7 @@ def restore_good(
       RuntimeError: every step is bad; the message lists each with its reason.
     """
     steps = sorted(manager.all_steps(), reverse=True)
+    quiet_abandoned_reads()  # Before: a bad step's reads start dying before its error returns.
     bad = []
     for step in steps:
         step_dir = ocp.step.find_step_path(
@@ -129,8 +132,37 @@ def restore_good(
     )
 
 
+def quiet_abandoned_reads() -> None:
+    """Moves to the log at -v 1 what orbax's abandoned reads of a bad step report as they die
+    in the background, after the one line naming the step: each pending read coroutine its
+    TensorStore error ("Exception ignored in: <coroutine ...>" with the whole store spec), and
+    each TensorStore callback that finds asyncio's loop closed ("RuntimeError: Event loop is
+    closed"), both through sys.unraisablehook. One truncated file gave 23,000 lines of them.
+    Only those two are diverted; any other report goes to the hook it went to. Installed once,
+    for the rest of the process: the reports also come after the restore returns."""
+    if getattr(sys.unraisablehook, "_sara_jax", False):
+        return
+    default = sys.unraisablehook
+
+    def quiet(report: Any) -> None:
+        code = getattr(report.object, "cr_code", None)
+        read = isinstance(report.object, types.CoroutineType) and "orbax" in code.co_filename
+        closed = isinstance(report.exc_value, RuntimeError) and (
+            str(report.exc_value) == "Event loop is closed"
+        )
+        if read or closed:
+            logging.vlog(1, "abandoned checkpoint read: %s", _first_line(report.exc_value))
+        else:
+            default(report)
+
+    quiet._sara_jax = True
+    sys.unraisablehook = quiet
+
+
 def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [""])[0][:300]
+    # orbax appends the whole TensorStore spec, dozens of lines, to a failed read's error.
+    text = str(err).split(" See full TensorStore details")[0]
+    return (text.strip().splitlines() or [""])[0][:300]
 
 
 def _move_aside(step_dir: epath.Path, to: epath.Path) -> None:

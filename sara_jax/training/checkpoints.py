@@ -26,6 +26,8 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from sara_jax.io.errors import InputError
+
 PyTree = Any
 Digest = dict[str, list[int]]
 
@@ -91,7 +93,7 @@ def restore_good(
     Returns:
       None when `manager` holds no step.
     Raises:
-      RuntimeError: every step is bad; the message lists each with its reason.
+      InputError: every step is bad; the message lists each with its reason.
     """
     steps = sorted(manager.all_steps(), reverse=True)
     quiet_abandoned_reads()  # Before: a bad step's reads start dying before its error returns.
@@ -125,10 +127,11 @@ def restore_good(
             manager.reload()
     if not bad:
         return None
-    raise RuntimeError(
-        "no good checkpoint: every step failed to read or verify:\n  "
-        + "\n  ".join(bad)
-        + "\nRestore them from a copy, or start afresh with another --workdir."
+    # A fault of the files, not of the program: one line (io/cli.run), each step's own error
+    # line above it.
+    raise InputError(
+        f"no good checkpoint: every step failed to read or verify ({'; '.join(bad)}); restore "
+        "them from a copy, or train afresh (`sara_jax.main --start_afresh`, or another --workdir)"
     )
 
 

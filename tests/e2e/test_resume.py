@@ -127,11 +127,12 @@ def test_a_run_whose_every_step_is_corrupt_is_not_restarted_without_start_afresh
     for step in ("2", "4"):
         flip_bytes(workdir / "checkpoints" / step)
     first = run()
-    assert first.returncode != 0 and "no good checkpoint" in first.stderr
+    assert first.returncode == 2 and "sara_jax.main: error: no good checkpoint" in first.stderr
+    assert "Traceback" not in first.stderr
     assert sorted(p.name for p in (workdir / "corrupt_checkpoints").iterdir()) == ["2", "4"]
     # As a scheduler restarting the job would: refused again, nothing trained.
     again = run()
-    assert again.returncode != 0
+    assert again.returncode == 2 and "Traceback" not in again.stderr
     assert (
         f"--workdir={workdir} holds a previous run (config.json, corrupt_checkpoints, "
         "events.out.tfevents." in again.stderr

@@ -8,6 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from sara_jax.io.errors import InputError
 from sara_jax.training import checkpoints
 
 
@@ -104,7 +105,7 @@ def test_no_good_step_is_a_clear_error_listing_each(tmp_path):
     save_steps(tmp_path / "ckpt", [1, 2])
     for step in (1, 2):
         flip_bytes(largest_file(tmp_path / "ckpt" / str(step)))
-    with pytest.raises(RuntimeError, match="no good checkpoint") as error:
+    with pytest.raises(InputError, match="no good checkpoint") as error:
         restore(tmp_path / "ckpt")
     assert str(tmp_path / "ckpt" / "1") in str(error.value)
     assert str(tmp_path / "ckpt" / "2") in str(error.value)

@@ -14,6 +14,7 @@ one jitted call, so verifying an XL state costs a pass over its memory rather th
 It detects corruption, not tampering.
 """
 
+import contextlib
 import sys
 import types
 from collections.abc import Callable
@@ -145,18 +146,30 @@ def quiet_abandoned_reads() -> None:
     for the rest of the process: the reports also come after the restore returns."""
     if getattr(sys.unraisablehook, "_sara_jax", False):
         return
-    default = sys.unraisablehook
+    # Bound now: the reports may come while the interpreter shuts down and module globals are
+    # gone, and a hook that raises makes Python print the report after all.
+    default, coroutine, vlog, first_line, suppress = (
+        sys.unraisablehook,
+        types.CoroutineType,
+        logging.vlog,
+        _first_line,
+        contextlib.suppress,
+    )
 
     def quiet(report: Any) -> None:
-        code = getattr(report.object, "cr_code", None)
-        read = isinstance(report.object, types.CoroutineType) and "orbax" in code.co_filename
-        closed = isinstance(report.exc_value, RuntimeError) and (
-            str(report.exc_value) == "Event loop is closed"
-        )
-        if read or closed:
-            logging.vlog(1, "abandoned checkpoint read: %s", _first_line(report.exc_value))
-        else:
+        try:
+            code = getattr(report.object, "cr_code", None)
+            read = isinstance(report.object, coroutine) and "orbax" in code.co_filename
+            closed = isinstance(report.exc_value, RuntimeError) and (
+                str(report.exc_value) == "Event loop is closed"
+            )
+        except Exception:  # noqa: BLE001 - never raise from the hook.
+            read = closed = False
+        if not (read or closed):
             default(report)
+            return
+        with suppress(Exception):  # Logging torn down at exit: the report is dropped.
+            vlog(1, "abandoned checkpoint read: %s", first_line(report.exc_value))
 
     quiet._sara_jax = True
     sys.unraisablehook = quiet

@@ -73,25 +73,30 @@ def load_samples(path: str) -> np.ndarray:
     """The uint8 images (N, H, W, 3) in `arr_0` of the --samples .npz at `path`; an InputError
     naming the file and what it holds otherwise (pickled objects, no arr_0, another dtype or
     shape)."""
-    name = f"--samples={path}"
-    return metrics.check_images(metrics.read_npz(path, name, metrics.IMAGES), name)
+    return load_set(path, recorded=False)[0]
 
 
-def load_record(path: str, num_images: int) -> dict[str, Any]:
-    """The record `python -m sara_jax.sample` embedded in the --samples .npz at `path`; a
-    one-line InputError when it is absent, incomplete or counts other than `num_images`."""
+def load_set(path: str, recorded: bool) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """The --samples .npz at `path`, read once: its images (as `load_samples`) and, if
+    `recorded`, the record `python -m sara_jax.sample` embedded (with its labels under
+    "labels"); a one-line InputError when the record is absent, incomplete or counts other
+    than the file holds."""
     name = f"--samples={path}"
     arrays = metrics.read_npz(path, name, metrics.IMAGES)
+    images = metrics.check_images(arrays, name)
+    if not recorded:
+        return images, None
     try:
         record = sample_set.read_record(arrays, name)
     except ValueError as err:
         raise InputError(f"{err}; --unrecorded scores a set drawn elsewhere") from None
-    if record["num_samples"] != num_images or len(arrays.get("arr_1", ())) != num_images:
+    labels = arrays.get("arr_1", ())
+    if record["num_samples"] != len(images) or len(labels) != len(images):
         raise InputError(
             f"{name}: its record counts {record['num_samples']} samples, the file holds "
-            f"{num_images} images and {len(arrays.get('arr_1', ()))} labels"
+            f"{len(images)} images and {len(labels)} labels"
         )
-    return record | {"labels": arrays["arr_1"]}
+    return images, record | {"labels": labels}
 
 
 def shapes_metrics(samples: np.ndarray, record: dict[str, Any]) -> dict[str, float]:
@@ -119,8 +124,7 @@ def main(argv: list[str]) -> None:
     if not samples_path.is_file():
         raise MissingInput(f"--samples={f.samples!r}: no such file")
     # Read first, so a bad input file fails at once rather than after the weights load.
-    samples = load_samples(f.samples)
-    record = None if f.unrecorded else load_record(f.samples, len(samples))
+    samples, record = load_set(f.samples, recorded=not f.unrecorded)
     shapes_set = is_shapes_set(record)
     wanted = set(f.metrics)
     if "auto" in wanted:

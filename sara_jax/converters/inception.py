@@ -20,7 +20,6 @@ checkpoint's module path with "." -> "/":
   fc.weight/bias (1008 classes)        -> params/fc/{kernel,bias} (kernel transposed)
 """
 
-import hashlib
 import importlib.util
 import zipfile
 from pathlib import Path
@@ -36,6 +35,7 @@ from sara_jax.converters.checkpoint import StateDict, load_state_dict
 from sara_jax.converters.mapping import Converter, PyTree
 from sara_jax.io import files
 from sara_jax.io.errors import MissingInput
+from sara_jax.io.files import sha256
 from sara_jax.models.inception import INPUT_SIZE, FIDInceptionV3
 
 DEFAULT_CACHE = "~/.cache/sara_jax"
@@ -217,14 +217,6 @@ def resolve_inception(source: str, field: str) -> Path:
             "pt_inception-2015-12-05-6726825d.pth"
         )
     return path
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def published_name(digest: str) -> str | None:

@@ -15,7 +15,6 @@ only when every shard is complete.
 import bisect
 import concurrent.futures
 import dataclasses
-import hashlib
 import io
 import itertools
 import json
@@ -76,14 +75,6 @@ def decode_example(record: bytes, fields: tuple[str, ...] = TRAIN_FIELDS) -> dic
             value = np.int32(value)
         out[field] = value
     return out
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_info(directory: str, field: str = "config.data.dir") -> dict[str, Any]:

@@ -17,6 +17,7 @@ import tqdm
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from sara_jax.data import records
+from sara_jax.io import files
 
 Encode = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -31,7 +32,7 @@ def shard_is_complete(out: Path, name: str, num_records: int) -> bool:
     if not (cert.is_file() and shard.is_file()):
         return False
     done = json.loads(cert.read_text())
-    return done["num_records"] == num_records and done["sha256"] == records.sha256(shard)
+    return done["num_records"] == num_records and done["sha256"] == files.sha256(shard)
 
 
 def _batches(indices: range, size: int) -> Iterator[range]:
@@ -70,4 +71,4 @@ def write_shard(
         progress.update(len(examples))
     writer.close()
     os.replace(tmp, path)
-    return {"file": path.name, "num_records": len(indices), "sha256": records.sha256(path)}
+    return {"file": path.name, "num_records": len(indices), "sha256": files.sha256(path)}

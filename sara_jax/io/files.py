@@ -29,6 +29,15 @@ def resolve(path: str | os.PathLike) -> epath.Path:
     return epath.Path(os.path.abspath(os.path.expanduser(text)))
 
 
+def sha256(path: str | os.PathLike) -> str:
+    """The hex sha256 of the (local) file at `path`, read in 16 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write_text(path: Path, text: str) -> None:
     """`text` at `path` (a pathlib or etils.epath Path)."""
     tmp = path.with_name(path.name + ".tmp")

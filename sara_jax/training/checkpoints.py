@@ -15,6 +15,7 @@ It detects corruption, not tampering.
 """
 
 import contextlib
+import logging as std_logging
 import sys
 import types
 from collections.abc import Callable
@@ -138,12 +139,14 @@ def restore_good(
 
 def quiet_abandoned_reads() -> None:
     """Moves to the log at -v 1 what orbax's abandoned reads of a bad step report as they die
-    in the background, after the one line naming the step: each pending read coroutine its
-    TensorStore error ("Exception ignored in: <coroutine ...>" with the whole store spec), and
-    each TensorStore callback that finds asyncio's loop closed ("RuntimeError: Event loop is
-    closed"), both through sys.unraisablehook. One truncated file gave 23,000 lines of them.
-    Only those two are diverted; any other report goes to the hook it went to. Installed once,
-    for the rest of the process: the reports also come after the restore returns."""
+    in the background, after the one line naming the step. They report by two routes: through
+    sys.unraisablehook, each pending read coroutine its TensorStore error ("Exception ignored
+    in: <coroutine ...>" with the whole store spec) and each TensorStore callback that finds
+    asyncio's loop closed ("RuntimeError: Event loop is closed"); and through asyncio's logger,
+    each read task or gather whose error nobody awaited ("Task exception was never retrieved",
+    when the loop is still open). One truncated file gave 23,000 lines of them. Only those are
+    diverted; any other report goes where it went. Installed once, for the rest of the
+    process: the reports also come after the restore returns."""
     if getattr(sys.unraisablehook, "_sara_jax", False):
         return
     # Bound now: the reports may come while the interpreter shuts down and module globals are
@@ -171,8 +174,32 @@ def quiet_abandoned_reads() -> None:
         with suppress(Exception):  # Logging torn down at exit: the report is dropped.
             vlog(1, "abandoned checkpoint read: %s", first_line(report.exc_value))
 
+    def unretrieved(record: std_logging.LogRecord) -> bool:
+        """False (dropped, after a -v 1 line) for asyncio's report of an orbax read's error."""
+        err = record.exc_info[1] if record.exc_info else None
+        if err is None or "never retrieved" not in str(record.msg) or not _raised_in_orbax(err):
+            return True
+        with suppress(Exception):
+            vlog(1, "abandoned checkpoint read: %s", first_line(err))
+        return False
+
     quiet._sara_jax = True
     sys.unraisablehook = quiet
+    std_logging.getLogger("asyncio").addFilter(unretrieved)
+
+
+def _raised_in_orbax(err: BaseException) -> bool:
+    """Whether `err` or an exception it was raised from passed through orbax's code."""
+    seen = set()
+    while err is not None and id(err) not in seen:  # A chain may loop back on itself.
+        seen.add(id(err))
+        tb = err.__traceback__
+        while tb is not None:
+            if "orbax" in tb.tb_frame.f_code.co_filename:
+                return True
+            tb = tb.tb_next
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _first_line(err: Exception) -> str:

@@ -121,3 +121,36 @@ def test_a_step_without_digest_restores_with_a_warning(tmp_path, caplog):
     with caplog.at_level(pylogging.WARNING):
         assert restore(tmp_path / "ckpt")[0] == 1
     assert any("unverified" in r.getMessage() for r in caplog.records)
+
+
+def raised_in(filename: str) -> Exception:
+    """An exception whose traceback passes through code compiled as `filename`, raised from a
+    ValueError as orbax's read errors are."""
+    code = compile("def read():\n    raise ValueError('OUT_OF_RANGE')\n", filename, "exec")
+    scope: dict = {}
+    exec(code, scope)
+    try:
+        try:
+            scope["read"]()
+        except ValueError as cause:
+            raise Exception("Encountered error while reading array index") from cause
+    except Exception as err:  # noqa: BLE001
+        return err
+
+
+@pytest.mark.parametrize(
+    "where, dropped", [("/site-packages/orbax/x.py", True), ("/app.py", False)]
+)
+def test_asyncio_reports_of_dead_orbax_reads_are_dropped_and_others_kept(where, dropped):
+    checkpoints.quiet_abandoned_reads()
+    err = raised_in(where)
+    record = pylogging.LogRecord(
+        "asyncio", pylogging.ERROR, "base_events.py", 1, "Task exception was never retrieved",
+        None, (type(err), err, err.__traceback__),
+    )  # fmt: skip
+    assert bool(pylogging.getLogger("asyncio").filter(record)) is not dropped
+    other = pylogging.LogRecord(
+        "asyncio", pylogging.ERROR, "x", 1, "Unclosed client session", None,
+        (type(err), err, err.__traceback__),
+    )  # fmt: skip
+    assert bool(pylogging.getLogger("asyncio").filter(other))

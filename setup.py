@@ -23,6 +23,8 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["sara_jax", "sara_jax.*"]),
+    # The shipped instruments: the demo's and the study's encoder and evaluator weights.
+    package_data={"sara_jax": ["instruments/*.msgpack", "instruments/manifest.json"]},
     python_requires=">=3.11",
     install_requires=_requirements(),
     # `gcs`: gs:// workdirs without TensorFlow; gcsfs for orbax's checkpoints (etils.epath) and

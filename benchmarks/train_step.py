@@ -54,7 +54,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from sara_jax.config import METHODS, set_alignment, validate
+from sara_jax.config import set_alignment, validate
 from sara_jax.encoders.load import encoder_module, features_fn
 from sara_jax.io import cli
 from sara_jax.io.files import write_json
@@ -71,8 +71,8 @@ from sara_jax.training.sharding import (
 from sara_jax.training.state import TrainState, build_models, create_train_state
 from sara_jax.training.step import make_train_step
 
-# Mode -> alignment terms: a plain SiT, REPA, SARA (the configs' "none", "repa", "sara").
-MODES = {"sit": METHODS["none"], "repa": METHODS["repa"], "sara": METHODS["sara"]}
+# Mode -> its method (`set_alignment`): a plain SiT, REPA, SARA.
+MODES = {"sit": "none", "repa": "repa", "sara": "sara"}
 
 _CONFIG = cli.define_config()
 _MODE = flags.DEFINE_enum("mode", "all", [*MODES, "all"], "Objective(s) to time.")
@@ -243,7 +243,7 @@ _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (?:\(.*?\)|\S+) ([\w\-]+
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) ")
 # Flax puts each module's class name in the ops' name scopes ("transpose(jvp(SiT))/blocks_3").
 _COMPONENT = re.compile(
-    r"(?<![A-Za-z])(SiT|Projector|Discriminator|DinoV2|ClipVisionTransformer)\b"
+    r"(?<![A-Za-z])(SiT|ConvProjector|Projector|Discriminator|DinoV2|ClipVisionTransformer)\b"
 )
 _MATMUL_CALLS = ("__cublas", "__cudnn", "triton_gemm")
 _COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")

@@ -1,12 +1,13 @@
 """SiT-L/2 on ImageNet-256 (paper Table 4; Table 1a): alignment depth 8.
 
-`--config=configs/sit_l.py` is SARA; `:repa` aligns patches only, `:none` trains a plain SiT.
+`--config=configs/sit_l.py` is SARA; `:repa` aligns patches only, `:none` trains a plain SiT;
+`:irepa` and `:sara_irepa` take iREPA's conv projector and z-scored targets (`config.METHODS`).
 """
 
-from sara_jax.config import METHODS, method_terms, paper_config
+from sara_jax.config import METHODS, known_method, paper_config
 
 VARIANTS = tuple(METHODS)
 
 
 def get_config(arg: str = "sara"):
-    return paper_config("L", 8, 400_000, method_terms(arg))
+    return paper_config("L", 8, 400_000, known_method(arg))

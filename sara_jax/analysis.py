@@ -5,7 +5,10 @@ patch tokens z_enc with a trained SiT's hidden state on the first --num_images t
   DIR/fig2a.png   one row per image; columns: the encoder's and the model's (h_den) correlation
                   map of the centre patch with every patch (Fig. 2a).
   DIR/fig2b.json  the energy share of the top-k singular values of the stacked z_enc, raw hidden
-                  state h and projected hidden state h_den (Fig. 2b; k = 50 in the paper).
+                  state z_den and projected hidden state h_den (Fig. 2b; k = 50 in the paper).
+  DIR/spatial.json  iREPA's spatial-structure metrics (LDS, CDS, RMSC; SRSS where the data marks
+                  objects) of each, and the structural gap of z_den and h_den to z_enc: what
+                  the in-training evaluation logs (`evaluation.representations`).
 """
 
 import os
@@ -13,17 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import flags, logging
 
 from sara_jax.data.pipeline import make_source
 from sara_jax.encoders.load import load_encoder
+from sara_jax.evaluation.representations import (
+    alignment_metrics,
+    make_representations,
+    probe_batch,
+)
 from sara_jax.io import cli, files
 from sara_jax.io.errors import InputError
 from sara_jax.objective import losses
-from sara_jax.objective.family import clean_input, make_objective
 from sara_jax.training.state import build_models, restore_params
 
 PyTree = Any
@@ -91,48 +97,22 @@ def heatmap_png(maps: np.ndarray, path: str | os.PathLike, cell: int = 64) -> No
 
 def representations(
     config: ml_collections.ConfigDict, workdir: str, num_images: int, t: float
-) -> tuple[dict[str, np.ndarray], int]:
-    """z_enc, h and h_den (each (B, N, D)) of the first num_images records, and the step.
-
-    The SiT sees x_t = (1 - t) x0 + t eps (a DiT: q(x_s | x0) at step s = round(t (T - 1)))
-    with eps drawn from (config.seed, record index) and the records' own labels; h is the
-    output of block model.encoder_depth, h_den its projection.
-    """
+) -> tuple[dict[str, np.ndarray], np.ndarray | None, int]:
+    """z_enc, z_den and h_den (each (B, N, D or hidden)) of the first num_images records (see
+    `evaluation.representations`), their foreground token masks (B, N) where the data has them,
+    and the checkpoint's step."""
     params, step = restore_params(config, workdir, ema=True)
     source = make_source(config.data)
     if not 1 <= num_images <= len(source):
         raise InputError(f"--num_images must be in [1, {len(source)}], got {num_images}")
-    batch = {k: np.stack([source[i][k] for i in range(num_images)]) for k in source[0]}
     encoder = load_encoder(config, source)
     models = build_models(config, encoder.z_dim)
-
-    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(config.seed), i))(
-        jnp.arange(num_images)
-    )
-    objective = make_objective(config)
-    if config.model.family == "dit":  # The same fraction of the way to noise, as a step.
-        times = jnp.full((num_images,), round(t * (config.diffusion.num_timesteps - 1)))
-    else:
-        times = jnp.full((num_images,), t, jnp.float32)
-
-    def clean_and_noise(key: jax.Array, example: dict[str, jax.Array]):
-        k_latent, k_eps = jax.random.split(key)
-        x0 = clean_input(example, k_latent, config.data)
-        return x0, jax.random.normal(k_eps, x0.shape)
-
-    @jax.jit
-    def forward(params: PyTree, encoder_params: PyTree, batch: dict[str, jax.Array]):
-        x0, eps = jax.vmap(clean_and_noise)(keys, batch)
-        inputs = objective.network_inputs(x0, eps, times)
-        _, h = models.sit.apply(
-            {"params": params["sit"]}, inputs["x_t"], inputs["t"], batch["label"]
-        )
-        h_den = models.projector.apply({"params": params["projector"]}, h)
-        z_enc = encoder.features(encoder_params, batch["image"])
-        return {"z_enc": z_enc, "h": h, "h_den": h_den}
-
+    side = config.model.input_size // config.model.patch_size
+    batch = probe_batch(source, num_images, side)
+    foreground = batch.pop("foreground", None)
+    forward = make_representations(config, models, encoder.features, num_images, t)
     out = forward(params, encoder.params, batch)
-    return {name: np.asarray(x, np.float32) for name, x in out.items()}, step
+    return {name: np.asarray(x, np.float32) for name, x in out.items()}, foreground, step
 
 
 def write_figures(reps: dict[str, np.ndarray], out: Path, top_k: int, info: dict) -> None:
@@ -159,16 +139,22 @@ def write_figures(reps: dict[str, np.ndarray], out: Path, top_k: int, info: dict
 def main(argv: list[str]) -> None:
     config = cli.start(argv)
     f = flags.FLAGS
-    reps, step = representations(config, f.workdir, f.num_images, f.t)
+    reps, foreground, step = representations(config, f.workdir, f.num_images, f.t)
     info = {"workdir": str(f.workdir), "step": step, "num_images": f.num_images, "t": f.t}
-    write_figures(reps, Path(f.out), f.top_k, info)
-    logging.info("wrote %s and %s", Path(f.out) / "fig2a.png", Path(f.out) / "fig2b.json")
+    out = Path(f.out)
+    write_figures(reps, out, f.top_k, info)
+    structure = alignment_metrics(reps, foreground, config.loss.struc_reduction)
+    files.write_json(out / "spatial.json", {**info, **structure})
+    for name, value in structure.items():
+        logging.info("%s: %.4f", name, value)
+    written = ", ".join(str(out / name) for name in ("fig2a.png", "fig2b.json", "spatial.json"))
+    logging.info("wrote %s", written)
 
 
 if __name__ == "__main__":
     cli.define_flags()
     flags.DEFINE_string("workdir", None, "The training run's workdir (its checkpoints/).")
-    flags.DEFINE_string("out", None, "Directory for fig2a.png and fig2b.json.")
+    flags.DEFINE_string("out", None, "Directory for fig2a.png, fig2b.json and spatial.json.")
     flags.DEFINE_integer("num_images", 8, "The first this many records of config.data.")
     flags.DEFINE_float(
         "t", 0.5, "Diffusion time of the input x_t (0 = data, 1 = noise; a DiT's step t (T - 1))."

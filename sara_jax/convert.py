@@ -9,8 +9,8 @@ A published denoiser, as an ordinary step checkpoint of a new run:
 `python -m sara_jax.convert --config=configs/sit_xl.py --denoiser=last.pt --denoiser_format=repa
 --workdir=RUN`. `python -m sara_jax.main`, `sample` and the evaluation then take RUN like any
 run's workdir; main continues training from the file's step. `--denoiser_format` says what the
-file is (`repa`, `sit` or `dit`: `training/converted.py`), since the SiT and DiT releases hold
-the same keys and shapes.
+file is (`repa`, `irepa`, `sit` or `dit`: `training/converted.py`), since the SiT and DiT
+releases hold the same keys and shapes.
 """
 
 import ml_collections

@@ -33,6 +33,13 @@ TITLES = {
     "fid": "FID (lower is better)",
     "fd": "fd, shapes evaluator (lower is better)",
     "class_acc": "class_acc, shapes evaluator (higher is better)",
+    # The aligned tokens' spatial structure (iREPA's LDS: higher is more local structure) and
+    # how far the SiT's is from the encoder's (L_struc's measure), for every method.
+    "spatial/z_enc/lds": "LDS of z_enc (encoder tokens)",
+    "spatial/z_den/lds": "LDS of z_den (SiT hidden state)",
+    "spatial/h_den/lds": "LDS of h_den (projected)",
+    "struc_gap/z_den": "structural gap ||A(z_enc) - A(z_den)||^2",
+    "struc_gap/h_den": "structural gap ||A(z_enc) - A(h_den)||^2",
 }
 
 
@@ -91,7 +98,7 @@ def plot_runs(
     for metric in present:
         fig = Figure(figsize=(6, 4), layout="constrained")
         _draw(fig.add_subplot(), runs, metric, smoothing)
-        written.append(out / f"{metric}.png")
+        written.append(out / f"{metric.replace('/', '_')}.png")  # spatial/h_den/lds
         fig.savefig(written[-1], dpi=120)
     cols = min(3, len(present))
     rows = -(-len(present) // cols)

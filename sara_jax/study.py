@@ -2,14 +2,16 @@
 --config=configs/shapes_study.py --workdir=runs/study --methods=none,repa,sara --seeds=0,1,2`.
 
 Each arm (method x seed) is an ordinary run of `--config` with the method's alignment terms
-(`config.set_alignment`) and `config.seed` set, in `<workdir>/<method>/seed<k>`, run one after
-another in this process. An arm that finished writes `arm.json`; a second invocation skips it
-and resumes an unfinished one from its checkpoint, so the study is resumable, and arms can as
-well be run elsewhere (a GPU, a pod) as plain `sara_jax.main` runs into the same directories.
+and fields (`config.METHODS`, `config.set_alignment`) and `config.seed` set, in
+`<workdir>/<method>/seed<k>`, run one after another in this process. An arm that finished
+writes `arm.json`; a second invocation skips it and resumes an unfinished one from its
+checkpoint, so the study is resumable, and arms can as well be run elsewhere (a GPU, a pod) as
+plain `sara_jax.main` runs into the same directories.
 Then the logged evaluation curves of every arm are aggregated (`evaluation.study`) into
 `<workdir>/summary/`: `<metric>.png`, `study.md` and `study.json`.
 
-A method is a key of `config.METHODS` ("none" is the plain SiT, "repa", "sara") or alignment
+A method is a key of `config.METHODS` ("none" is the plain SiT, "repa", "sara", "irepa": REPA
+with iREPA's conv projector and z-scored targets, "sara_irepa": SARA with them) or alignment
 terms joined by "+" ("patch+struc", "patch+adv": Table 2's combinations). A "+"-joined part
 `field=value` overrides that config field in the arm, for probes that change one thing:
 `sara+loss.struc_reduction=sum@0` is SARA with the sum reduction, in `<workdir>/<method>/seed0`.
@@ -35,21 +37,26 @@ def parse_method(method: str) -> tuple[str, dict[str, Any]]:
     Args:
       method: parts joined by "+": METHODS keys, alignment terms, and `field=value` overrides
         (the value read as a Python literal, else kept as a string).
-    Returns: (terms joined by ",", {dotted field: value}).
+    Returns: (terms joined by ",", {dotted field: value}): the fields of the METHODS parts
+      (iREPA's projector and target normalisation), then the `field=value` parts, so that
+      `irepa+projector.kernel_size=1` changes iREPA's kernel.
     """
-    terms, overrides = [], {}
+    terms, fields, overrides = [], {}, {}
     for part in method.split("+"):
         field, sep, value = part.partition("=")
-        if not sep:
-            terms.append(METHODS.get(part, part))
-            continue
-        try:
-            overrides[field] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            overrides[field] = value
+        if sep:
+            try:
+                overrides[field] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                overrides[field] = value
+        elif part in METHODS:
+            terms.append(METHODS[part].terms)
+            fields.update(METHODS[part].fields)
+        else:
+            terms.append(part)
     if not terms:
         raise app.UsageError(f"method {method!r} names no alignment terms (e.g. sara+{method})")
-    return ",".join(terms), overrides
+    return ",".join(terms), {**fields, **overrides}
 
 
 def alignment_terms(method: str) -> str:
@@ -86,8 +93,8 @@ def thresholds(entries: list[str]) -> list[tuple[str, float]]:
 def arm_config(
     base: ml_collections.ConfigDict, method: str, seed: int
 ) -> ml_collections.ConfigDict:
-    """`base` with the method's alignment terms at the paper's weights, then its overrides,
-    and `seed`."""
+    """`base` with the method's alignment terms at the paper's weights, then its fields and
+    overrides (`parse_method`), and `seed`."""
     config = base.copy_and_resolve_references()
     terms, overrides = parse_method(method)
     set_alignment(config, terms)
@@ -157,6 +164,11 @@ def main(argv: list[str]) -> None:
         if workdir.exists():
             runs.setdefault(method, {})[seed] = read_scalars(str(workdir))
     summary = study.aggregate(runs, f.metrics, thresholds=chosen_thresholds)
+    summary["environments"] = {
+        f"{method}/seed{seed}": json.loads(path.read_text())
+        for method, seed in chosen
+        if (path := root / method / f"seed{seed}" / "environment.json").exists()
+    }
     out = files.resolve(f.out) if f.out else root / "summary"
     written = study.plot(summary, out)
     table_steps = [int(s) for s in f.table_steps]

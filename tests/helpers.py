@@ -97,3 +97,21 @@ def fake_featurize(images: np.ndarray) -> dict[str, np.ndarray]:
         "logits": flat @ rng.standard_normal((flat.shape[1], 1008)),
         "spatial": flat @ rng.standard_normal((flat.shape[1], 2023)),
     }
+
+
+def random_encoder():
+    """A random frozen encoder with 4 x 4 tokens of width 16 on 16-pixel images: enough to
+    exercise the train step (the demo pretrains its own). Returns (features, params)."""
+    import jax  # Here: importing helpers must not import jax before conftest sets XLA_FLAGS.
+    import jax.numpy as jnp
+
+    from sara_jax.encoders.preprocess import imagenet_normalize
+    from sara_jax.models.dinov2 import DinoV2
+
+    module = DinoV2(patch_size=4, embed_dim=16, depth=1, num_heads=2, pos_grid=4)
+    params = module.init(jax.random.key(7), jnp.zeros((1, 16, 16, 3)))["params"]
+
+    def features(params, images):
+        return module.apply({"params": params}, imagenet_normalize(images))["x_norm_patchtokens"]
+
+    return features, params

@@ -13,10 +13,12 @@ are computed whenever read, so a config file (or `--config.data.space=pixel`) se
 fields. A config may still assign them; `validate` then checks they agree with the data.
 """
 
+from typing import Any, NamedTuple
+
 import ml_collections
 
 from sara_jax.config import sections
-from sara_jax.config.rules import check, closest, flat_items
+from sara_jax.config.rules import check, check_name, closest, flat_items
 from sara_jax.config.sections import DTYPES, FAMILIES, base_config
 from sara_jax.encoders import registry
 from sara_jax.io.errors import InputError
@@ -25,12 +27,15 @@ __all__ = [
     "DTYPES",
     "FAMILIES",
     "METHODS",
+    "Method",
     "base_config",
     "describe",
     "flat_items",
+    "known_method",
     "method_terms",
     "paper_config",
     "set_alignment",
+    "set_fields",
     "sit_preset",
     "validate",
 ]
@@ -118,7 +123,7 @@ def paper_config(
     size: str, encoder_depth: int, num_steps: int, terms: str
 ) -> ml_collections.ConfigDict:
     """A paper run: base_config() with a SiT preset (patch 2), its alignment depth, its length
-    and its alignment terms (see `set_alignment`)."""
+    and its alignment terms or method (see `set_alignment`)."""
     config = base_config()
     sit_preset(config, size)
     config.model.encoder_depth = encoder_depth
@@ -127,31 +132,87 @@ def paper_config(
     return config
 
 
-# The methods compared throughout the paper, as sets of alignment terms.
-METHODS = {"sara": "patch,struc,adv", "repa": "patch", "none": "none"}
+class Method(NamedTuple):
+    """A method of the comparisons: alignment terms at the paper's weights (`set_alignment`),
+    then the config fields it sets beyond them (dotted name -> value)."""
+
+    terms: str
+    fields: dict[str, Any]
+
+
+# REPA's projection (SARA's too): the per-token MLP on the raw encoder tokens.
+REPA_PROJECTION = {"projector.kind": "mlp", "loss.encoder_norm": "none"}
+# iREPA's two changes to REPA (Singh et al. 2025, arXiv 2512.10794): a 3x3 conv projector and
+# the encoder tokens z-scored over the token axis (alpha 0.6, its ldm trainer's default), the
+# normalised tokens handed to every alignment term as its trainer does.
+IREPA_PROJECTION = {
+    "projector.kind": "conv",
+    "projector.kernel_size": 3,
+    "loss.encoder_norm": "zscore",
+    "loss.zscore_alpha": 0.6,
+    "loss.encoder_norm_terms": "all",
+}
+
+# The methods compared: the paper's three, iREPA (L_patch at 1.0, its ldm config's proj_coeff,
+# where REPA's is 0.5) and SARA's terms at SARA's weights with iREPA's two changes. Each sets
+# the projection fields too, so that a method means the same from any base config.
+METHODS = {
+    "sara": Method("patch,struc,adv", REPA_PROJECTION),
+    "repa": Method("patch", REPA_PROJECTION),
+    "none": Method("none", REPA_PROJECTION),
+    "irepa": Method("patch", {**IREPA_PROJECTION, "loss.patch_weight": 1.0}),
+    "sara_irepa": Method("patch,struc,adv", IREPA_PROJECTION),
+}
+
+
+def known_method(method: str) -> str:
+    """`method` if it is a key of METHODS, else an InputError naming the choices (what a
+    config's `:method` gets); `paper_config` and `set_alignment` take the name."""
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    return method
 
 
 def method_terms(method: str) -> str:
-    """METHODS[method], or an InputError naming the choices (what a config's `:method` gets)."""
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    return METHODS[method]
+    """The alignment terms of METHODS[method] alone, without its other fields (an InputError
+    naming the choices for an unknown method)."""
+    return METHODS[known_method(method)].terms
 
 
 def set_alignment(config: ml_collections.ConfigDict, terms: str) -> None:
     """Switches alignment terms on at the paper's weights and the others off.
 
     Args:
-      terms: comma-separated subset of "patch", "struc", "adv" (lambda 0.5, beta 0.5,
-        gamma 0.05), or "none" for a plain SiT. "patch" alone is REPA.
+      terms: a key of METHODS (its terms, then its fields), or comma-separated subset of
+        "patch", "struc", "adv" (lambda 0.5, beta 0.5, gamma 0.05), or "none" for a plain SiT;
+        "patch" alone is REPA. A subset leaves every other field as it is.
     """
+    method = METHODS.get(terms)
+    if method is not None:
+        terms = method.terms
     chosen = set() if terms == "none" else set(terms.split(","))
     weights = {"patch": 0.5, "struc": 0.5, "adv": 0.05}
     if unknown := chosen - weights.keys():
-        raise InputError(f"unknown alignment terms {sorted(unknown)}; choose from {list(weights)}")
+        raise InputError(
+            f"unknown alignment terms {sorted(unknown)}; choose from {list(weights)} "
+            f"(or a method: {', '.join(METHODS)})"
+        )
     config.loss.patch_weight = weights["patch"] if "patch" in chosen else 0.0
     config.loss.struc_weight = weights["struc"] if "struc" in chosen else 0.0
     config.loss.adv_weight = weights["adv"] if "adv" in chosen else 0.0
+    if method is not None:
+        set_fields(config, method.fields)
+
+
+def set_fields(config: ml_collections.ConfigDict, fields: dict[str, Any]) -> None:
+    """Sets each dotted field of `fields` in `config`; an InputError names one it lacks."""
+    for name, value in fields.items():
+        check_name(config, name)
+        *sections_, field = name.split(".")
+        node = config
+        for section in sections_:
+            node = node[section]
+        node[field] = value
 
 
 def describe(c: ml_collections.ConfigDict) -> str:

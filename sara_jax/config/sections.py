@@ -164,11 +164,22 @@ def _check_diffusion(c: ml_collections.ConfigDict) -> None:
 
 def _projector() -> ml_collections.ConfigDict:
     p = ml_collections.ConfigDict()
-    p.width = 2048  # Hidden width of the 3-layer MLP.
+    # "mlp": REPA's per-token 3-layer SiLU MLP; "conv": iREPA's one convolution over the
+    # token grid (hidden -> the encoder's width, with bias), which mixes neighbouring tokens.
+    p.kind = "mlp"
+    p.width = 2048  # Hidden width of the 3-layer MLP (unused by "conv").
+    # The conv's kernel side k (odd; padding k // 2 keeps the grid): 3 as in iREPA's paper and
+    # README (its ldm/train.py's --proj-kwargs-kernel-size defaults to 1, and irepa.yaml does
+    # not set it). Unused by "mlp".
+    p.kernel_size = 3
     return p
 
 
-RULES["projector"] = {"width": POSITIVE}
+RULES["projector"] = {
+    "width": POSITIVE,
+    "kind": one_of(("mlp", "conv")),
+    "kernel_size": (lambda v: v > 0 and v % 2 == 1, "a positive odd number"),
+}
 
 
 def _encoder() -> ml_collections.ConfigDict:
@@ -191,6 +202,7 @@ def _encoder() -> ml_collections.ConfigDict:
     e.pretrain.batch_size = 128  # Images per step.
     e.pretrain.lr = 1e-3  # Peak AdamW learning rate (cosine decay).
     e.pretrain.num_examples = 4096  # The first N records; later ones are held out.
+    e.pretrain.seed = 0  # Its init and batch order; not the run's: seeds share one encoder.
     e.pretrain.cache_dir = "~/.cache/sara_jax"  # Pretrained weights, keyed by config.
     return e
 
@@ -225,12 +237,24 @@ def _loss() -> ml_collections.ConfigDict:
     w.adv_weight = 0.05  # gamma: weight of L_adv (adversarial alignment).
     w.struc_reduction = "mean"  # "mean" over the N^2 entries or "sum" (Eq. 8 as written).
     w.adv_warmup_steps = 0  # Generator steps with gamma = 0 before L_adv switches on.
+    # The encoder tokens z_enc (B, N, D) as targets: "none" as they are; "zscore" iREPA's
+    # spatial normalisation over the N tokens, (z - alpha mean_N z) / (std_N z + 1e-6), with
+    # the unbiased std.
+    w.encoder_norm = "none"
+    w.zscore_alpha = 0.6  # alpha: the share of the token mean removed (iREPA's ldm default).
+    # Which terms take the normalised tokens: "all" (L_patch, L_struc, L_adv and D's real
+    # tokens), as iREPA's trainer normalises z once and hands that z to every projection
+    # loss; "patch": L_patch only, L_struc and D see the raw tokens.
+    w.encoder_norm_terms = "all"
     return w
 
 
 RULES["loss"] = {
     "patch_weight struc_weight adv_weight adv_warmup_steps": NON_NEGATIVE,
     "struc_reduction": either("mean", "sum"),
+    "encoder_norm": either("none", "zscore"),
+    "zscore_alpha": NON_NEGATIVE,
+    "encoder_norm_terms": either("all", "patch"),
 }
 
 
@@ -381,6 +405,11 @@ def _eval() -> ml_collections.ConfigDict:
     # "inception": FID against eval.reference; "shapes" (data.source "shapes"): `fd` and
     # `class_acc` of the shapes data's own classifier (sara_jax.evaluation.shapes).
     e.featurizer = "inception"
+    # The first this many training records (at most all) whose aligned tokens (z_enc, z_den,
+    # h_den) are measured at every evaluation: iREPA's spatial-structure metrics and the
+    # structural gap (0: not measured).
+    e.spatial_images = 64
+    e.spatial_t = 0.5  # Diffusion time of the SiT's input x_t for them (0: data, 1: noise).
     e.shapes = ml_collections.ConfigDict()  # That classifier, trained once and cached.
     e.shapes.width = 16  # Channels of its first stage (then 2x and 4x); a multiple of 8.
     e.shapes.steps = 300  # Training steps.
@@ -395,8 +424,9 @@ def _eval() -> ml_collections.ConfigDict:
 
 RULES["eval"] = {
     "num_samples num_steps batch_size": POSITIVE,
-    "every": NON_NEGATIVE,
+    "every spatial_images": NON_NEGATIVE,
     "featurizer": either("inception", "shapes"),
+    "spatial_t": (lambda v: 0 <= v <= 1, "in [0, 1]"),
 }
 RULES["eval.shapes"] = {"width steps batch_size lr num_train num_test": POSITIVE}
 

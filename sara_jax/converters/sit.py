@@ -1,15 +1,19 @@
-"""Published SiT, DiT and REPA denoisers (PyTorch) -> the params of `models.sit.SiT` and, for
-REPA, of `models.projector.Projector`.
+"""Published SiT, DiT, REPA and iREPA denoisers (PyTorch) -> the params of `models.sit.SiT`
+and, for REPA and iREPA, of the projector (`models.projector`).
 
 The three share DiT's module names: `x_embedder.proj` (the patch conv), `t_embedder.mlp.{0,2}`,
 `y_embedder.embedding_table`, `blocks.{i}.{attn.qkv, attn.proj, mlp.fc1, mlp.fc2,
 adaLN_modulation.1}`, `final_layer.{adaLN_modulation.1, linear}`, and `pos_embed`, the fixed
 sin-cos table stored as a frozen parameter: SiT computes the same table itself, so the file's is
-checked, not converted. REPA adds its projector MLP, `projectors.0.{0,2,4}`. What differs is
-what the network means, named by the format:
+checked, not converted. REPA adds its projector MLP, `projectors.0.{0,2,4}`; iREPA wraps its
+projector in a `projection_layer`: a Conv2d `projectors.0.projection_layer.{weight,bias}`
+(weight (z_dim, hidden, k, k)) or the MLP `projectors.0.projection_layer.{0,2,4}`. What differs
+is what the network means, named by the format:
 
 - `repa`: REPA's interpolant runs from data (t = 0) to noise (t = 1) and the network predicts
   the velocity noise - data, as this package does: the weights move as they are.
+- `irepa`: iREPA's ldm/train.py checkpoint: REPA's SiT, interpolant and checkpoint entries, its
+  projector as `projector.kind` "conv" (or "mlp") of the config.
 - `sit`: SiT's time runs the other way (t = 0 noise, t = 1 data, velocity data - noise), and its
   head keeps DiT's learned-sigma half, which SiT's forward discards. Converted exactly into this
   package's convention, v(x, t) = -v_SiT(x, 1 - t): the sinusoidal features of 1 - t are a fixed
@@ -30,7 +34,10 @@ from sara_jax.converters.checkpoint import StateDict
 from sara_jax.converters.mapping import Converter, PyTree
 from sara_jax.models.sit import sincos_pos_embed_2d
 
-FORMATS = ("repa", "sit", "dit")
+FORMATS = ("repa", "irepa", "sit", "dit")
+# Formats of a training run's checkpoint ({"model", "ema", "opt", "args", "steps"}) whose model
+# has a projector.
+RUN_FORMATS = ("repa", "irepa")
 # Formats whose head predicts 2C channels (eps or velocity, then DiT's variance values).
 LEARNED_SIGMA = ("sit", "dit")
 # Our Dense modules of a block and their torch names.
@@ -43,6 +50,8 @@ BLOCK_LAYERS = (
 )
 # REPA's projector: Linear, SiLU, Linear, SiLU, Linear.
 PROJECTOR_LAYERS = (("fc1", "0"), ("fc2", "2"), ("fc3", "4"))
+# iREPA's projector module.
+IREPA_PROJECTOR = "projectors.0.projection_layer"
 # Tolerance of the pos_embed check: REPA's EMA also averages the frozen table, and rounding at
 # every one of millions of updates moves it by a few 1e-6; a different table differs by O(1).
 POS_EMBED_ATOL = 1e-3
@@ -51,6 +60,47 @@ POS_EMBED_ATOL = 1e-3
 def num_blocks(state_dict: StateDict) -> int:
     """The number of transformer blocks `blocks.{i}.*` in a state dict."""
     return len({m[1] for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))})
+
+
+def irepa_projector(state_dict: StateDict) -> tuple[str, int | None]:
+    """The kind of an iREPA state dict's projector, "conv" (with its kernel side k), "mlp" or
+    "linear" (its third kind, a single Linear), as (kind, k or None); ("", None) if none."""
+    weight = state_dict.get(f"{IREPA_PROJECTOR}.weight")
+    if weight is not None:
+        return ("conv", weight.shape[-1]) if weight.ndim == 4 else ("linear", None)
+    if f"{IREPA_PROJECTOR}.0.weight" in state_dict:
+        return "mlp", None
+    return "", None
+
+
+def _check_irepa_projector(
+    state_dict: StateDict, config: ml_collections.ConfigDict, z_dim: int, source: str
+) -> list[tuple[str, int, int, str]]:
+    """Refuses an iREPA projector of another kind or kernel than `config.projector`'s, naming
+    the field; returns the shape checks of its tensors (as `check_architecture`'s)."""
+    kind, kernel = irepa_projector(state_dict)
+    p, z_field = config.projector, "encoder.name (the encoder's width)"
+    if kind == "linear":
+        raise ValueError(
+            f"{source}: iREPA's linear projector ({IREPA_PROJECTOR}.weight is 2-D) has no "
+            "sara_jax kind; config.projector.kind is 'mlp' or 'conv'"
+        )
+    if kind and kind != p.kind:
+        raise ValueError(
+            f"{source}: the projector is iREPA's {kind!r} kind, the config's {p.kind!r}; set "
+            f"config.projector.kind={kind!r}"
+        )
+    if kind == "conv":
+        if kernel != p.kernel_size:
+            raise ValueError(
+                f"{source}: the conv projector's kernel is {kernel}x{kernel}, the config's "
+                f"{p.kernel_size}x{p.kernel_size}; set config.projector.kernel_size={kernel}"
+            )
+        return [(f"{IREPA_PROJECTOR}.weight", 0, z_dim, z_field)]
+    return [
+        (f"{IREPA_PROJECTOR}.0.weight", 0, p.width, "projector.width"),
+        (f"{IREPA_PROJECTOR}.4.weight", 0, z_dim, z_field),
+    ]
 
 
 def check_architecture(
@@ -63,7 +113,7 @@ def check_architecture(
 
     Args:
       state_dict: the denoiser's tensors in the torch layout.
-      z_dim: the width of the config's encoder (REPA's projector output).
+      z_dim: the width of the config's encoder (the projector's output).
       fmt: one of FORMATS.
     """
     m = config.model
@@ -84,15 +134,21 @@ def check_architecture(
         ),
     ]
     if fmt == "repa":
+        if config.projector.kind != "mlp":
+            raise ValueError(
+                f"{source}: REPA's projector is an MLP, the config's {config.projector.kind!r}; "
+                "set config.projector.kind='mlp'"
+            )
         checks += [
             ("projectors.0.0.weight", 0, config.projector.width, "projector.width"),
             ("projectors.0.4.weight", 0, z_dim, "encoder.name (the encoder's width)"),
         ]
-        if any(k.startswith("projectors.1.") for k in state_dict):
-            raise ValueError(
-                f"{source} aligns to several encoders (projectors.1.*); a SARA run trains one "
-                "projector"
-            )
+    if fmt == "irepa":
+        checks += _check_irepa_projector(state_dict, config, z_dim, source)
+    if fmt in RUN_FORMATS and any(k.startswith("projectors.1.") for k in state_dict):
+        raise ValueError(
+            f"{source} aligns to several encoders (projectors.1.*); a SARA run trains one projector"
+        )
     for key, axis, want, field in checks:
         if key not in state_dict:
             continue  # Reported by the conversion, which names every missing key.
@@ -204,9 +260,21 @@ def convert(state_dict: StateDict, expected: PyTree, fmt: str, source: str) -> P
         _check_pos_embed(conv, expected["sit"]["x_embedder"]["bias"].shape[0])
     _move_sit(conv, expected["sit"], fmt)
     if "projector" in expected:
-        for ours, theirs in PROJECTOR_LAYERS:
-            _dense(conv, f"projector/{ours}", f"projectors.0.{theirs}")
+        _move_projector(conv, expected["projector"], fmt)
     return conv.finish(expected)
+
+
+def _move_projector(conv: Converter, expected: PyTree, fmt: str) -> None:
+    """REPA's or iREPA's projector onto ours: the MLP's three Linears, or iREPA's Conv2d (weight
+    (z_dim, hidden, k, k) -> kernel (k, k, hidden, z_dim))."""
+    module = IREPA_PROJECTOR if fmt == "irepa" else "projectors.0"
+    if "conv" in expected:
+        key = f"{module}.weight"
+        conv.put("projector/conv/kernel", mapping.conv(conv.take(key)), key)
+        conv.move("projector/conv/bias", f"{module}.bias")
+        return
+    for ours, theirs in PROJECTOR_LAYERS:
+        _dense(conv, f"projector/{ours}", f"{module}.{theirs}")
 
 
 def adamw_moments(

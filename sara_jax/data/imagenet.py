@@ -19,6 +19,7 @@ import numpy as np
 import PIL.Image
 
 from sara_jax.data.adm_crop import center_crop_arr, decode_and_crop
+from sara_jax.io.errors import InputError, MissingInput
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpeg", ".jpg", ".png")
 RAW_SOURCE_KINDS: tuple[str, ...] = ("folder", "tfds")
@@ -49,7 +50,7 @@ class ImageFolderSource:
             raise ValueError(f"image_size must be >= 1, got {image_size}.")
         root = os.fspath(root)
         if not os.path.isdir(root):
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"ImageNet folder {root!r} does not exist or is not a directory; expected "
                 "root/<class dir>/<images>."
             )
@@ -59,7 +60,7 @@ class ImageFolderSource:
             if entry.is_dir() and not entry.name.startswith(".")
         )
         if not class_names:
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"ImageNet folder {root!r} has no class sub-directories; expected "
                 "root/<class dir>/<images>."
             )
@@ -75,7 +76,7 @@ class ImageFolderSource:
             files.extend(f"{class_name}/{name}" for name in names)
             labels.extend([label] * len(names))
         if not files:
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"ImageNet folder {root!r} has {len(class_names)} class directories but no image "
                 f"files in them (extensions: {', '.join(IMAGE_EXTENSIONS)}, any case)."
             )
@@ -166,12 +167,12 @@ def _tfds_diagnosis(name: str, split: str, data_dir: str) -> Exception | None:
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.DatasetNotFoundError:
-        return FileNotFoundError(
+        return MissingInput(
             f"TFDS data set {name!r} is not prepared under {data_dir!r} and TFDS has no builder "
             f"of that name ({_listing(data_dir)}). {hint}"
         )
     if not builder.is_prepared():
-        return FileNotFoundError(
+        return MissingInput(
             f"TFDS data set {name!r} (version {builder.version}) is not prepared in {data_dir!r}: "
             f"expected it at {builder.data_dir}, but "
             f"{_listing(os.path.dirname(builder.data_dir))}. {hint}"
@@ -179,7 +180,7 @@ def _tfds_diagnosis(name: str, split: str, data_dir: str) -> Exception | None:
     found = sorted(f.value for f in builder.info.available_file_formats())
     random_access = sorted(f.value for f in tfds.core.FileFormat.with_random_access())
     if not set(found) & set(random_access):
-        return ValueError(
+        return InputError(
             f"TFDS data set {name!r} at {builder.data_dir} is prepared as {', '.join(found)} "
             f"only; random access needs {' or '.join(random_access)}. Convert it in place with "
             "(needs apache-beam installed)\n"
@@ -188,7 +189,7 @@ def _tfds_diagnosis(name: str, split: str, data_dir: str) -> Exception | None:
             f"or delete {builder.data_dir} and rebuild it. {hint}"
         )
     if split.split("[")[0] not in builder.info.splits:
-        return ValueError(
+        return InputError(
             f"TFDS data set {name!r} at {builder.data_dir} has no split {split!r}; it has "
             f"{', '.join(sorted(builder.info.splits))}."
         )
@@ -219,7 +220,7 @@ class TfdsSource:
             raise ValueError(f"image_size must be >= 1, got {image_size}.")
         data_dir = os.fspath(data_dir)
         if not os.path.isdir(data_dir):
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"TFDS data_dir {data_dir!r} does not exist. {_tfds_prepare_hint(name, data_dir)}"
             )
         tfds = _import_tfds()
@@ -240,7 +241,7 @@ class TfdsSource:
         features = source.dataset_info.features
         missing = [key for key in ("image", "label", "file_name") if key not in features]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"TFDS data set {name!r} lacks the features {', '.join(missing)}; TfdsSource "
                 f"needs image, label and file_name (it has {', '.join(features)})."
             )

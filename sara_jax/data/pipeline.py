@@ -16,6 +16,7 @@ import ml_collections
 
 from sara_jax.data.records import RecordsSource
 from sara_jax.data.shapes import ShapesSource
+from sara_jax.io.errors import InputError
 
 SUPPORTED_SOURCES: tuple[str, ...] = ("records", "shapes")
 
@@ -40,7 +41,7 @@ def make_source(data_config: ml_collections.ConfigDict) -> grain.sources.RandomA
             ("num_classes", "num_classes"),
         ):
             if data_config[field] != info[key]:
-                raise ValueError(
+                raise InputError(
                     f"config.data.{field}={data_config[field]} but the records in "
                     f"data.dir={data_config.dir!r} have {key}={info[key]}"
                 )

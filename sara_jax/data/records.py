@@ -27,6 +27,8 @@ from array_record.python.array_record_module import ArrayRecordReader
 from flax import serialization
 from PIL import Image
 
+from sara_jax.io.errors import InputError, MissingInput
+
 INFO_FILE = "dataset.json"
 FIELDS = ("image", "latent_mean", "latent_std", "label", "id")
 TRAIN_FIELDS = ("image", "latent_mean", "latent_std", "label")
@@ -80,25 +82,25 @@ def decode_example(record: bytes, fields: tuple[str, ...] = TRAIN_FIELDS) -> dic
 def read_info(directory: str, field: str = "config.data.dir") -> dict[str, Any]:
     """The data set's `dataset.json`, with errors that say what is missing where."""
     if not directory:
-        raise ValueError(
+        raise InputError(
             f"{field} is empty: set it to the directory written by `python -m sara_jax.preprocess`"
         )
     path = Path(directory).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(f"{field}={directory!r}: no such directory ({path.absolute()})")
+        raise MissingInput(f"{field}={directory!r}: no such directory ({path.absolute()})")
     if not (path / INFO_FILE).is_file():
         found = sorted(p.name for p in path.iterdir())[:5]
-        raise FileNotFoundError(
+        raise MissingInput(
             f"{field}={directory!r} has no {INFO_FILE} (found {found or 'nothing'}): it is not a "
             "finished `python -m sara_jax.preprocess` output; run or resume that first"
         )
     return json.loads((path / INFO_FILE).read_text())
 
 
-def damaged_shard(path: Path | str, problem: str, err: Exception) -> ValueError:
+def damaged_shard(path: Path | str, problem: str, err: Exception) -> InputError:
     """The error for a shard that fails to read: its path, what is wrong, and the fix."""
     detail = str(err) or f"{type(err).__name__} without a message"
-    return ValueError(f"record shard {path} {problem} ({detail}); {REWRITE}")
+    return InputError(f"record shard {path} {problem} ({detail}); {REWRITE}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,14 +141,14 @@ class RecordsSource:
         root = Path(directory).expanduser()
         paths = [root / shard["file"] for shard in self.info["shards"]]
         if missing := [p.name for p in paths if not p.is_file()]:
-            raise FileNotFoundError(f"data.dir={directory!r} lacks shards {missing[:5]}")
+            raise MissingInput(f"data.dir={directory!r} lacks shards {missing[:5]}")
         # Opening reads each shard's footer: a truncated or damaged one fails here, and the
         # error has to be caught per shard to say which one it is.
         with concurrent.futures.ThreadPoolExecutor(min(len(paths), 16)) as pool:
             counts = list(pool.map(_num_records, paths))
         for path, count, shard in zip(paths, counts, self.info["shards"], strict=True):
             if count != shard["num_records"]:
-                raise ValueError(
+                raise InputError(
                     f"record shard {path} holds {count} records, {INFO_FILE} says "
                     f"{shard['num_records']}; {REWRITE}"
                 )
@@ -157,7 +159,7 @@ class RecordsSource:
         )
         self._fields = fields
         if len(self._records) != self.info["num_examples"]:
-            raise ValueError(
+            raise InputError(
                 f"data.dir={directory!r}: shards hold {len(self._records)} records, "
                 f"{INFO_FILE} says {self.info['num_examples']}"
             )

@@ -173,6 +173,16 @@ class ShapesSource:
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         """Renders record `index`: image uint8 (S, S, 3), label int32 scalar."""
+        image, label, _ = self._render(index)
+        return {"image": image, "label": np.int32(label)}
+
+    def foreground(self, index: int) -> np.ndarray:
+        """The pixels of record `index`'s shape: bool (S, S) (the spatial metrics' SRSS asks
+        which tokens are object and which background)."""
+        return self._render(index)[2]
+
+    def _render(self, index: int) -> tuple[np.ndarray, int, np.ndarray]:
+        """(image uint8 (S, S, 3), label, shape mask bool (S, S)) of record `index`."""
         index = int(index)
         if not 0 <= index < self.num_examples:
             raise IndexError(f"index {index} out of range [0, {self.num_examples}).")
@@ -188,7 +198,4 @@ class ShapesSource:
         color = _CLASS_COLORS[label] + rng.uniform(-_COLOR_JITTER, _COLOR_JITTER, size=3)
         mask = _MASKS[label](self._yy, self._xx, size, rng)
         image = np.where(mask[..., None], color, background)
-        return {
-            "image": np.clip(np.rint(image), 0, 255).astype(np.uint8),
-            "label": np.int32(label),
-        }
+        return np.clip(np.rint(image), 0, 255).astype(np.uint8), label, mask

@@ -4,9 +4,10 @@ Offline there is no published encoder to align to, and a random encoder is no al
 its patch tokens carry no semantics. The demo therefore trains a small DinoV2 to classify its
 own training images (a linear head on [CLS, mean patch token], DINOv2's linear-probe input),
 which makes its patch tokens semantic, and caches the weights keyed by everything that
-determines them. `fit_classifier` is that short supervised run, for any classifier (the shapes
-evaluator, `evaluation.shapes`, is fitted with it too): AdamW on a cosine decay, batches drawn
-without replacement from a seeded generator, so a run is a function of its arguments alone.
+determines them; the demo's and the study's weights ship with the code (`io.instruments`).
+`fit_classifier` is that short supervised run, for any classifier (the shapes evaluator,
+`evaluation.shapes`, is fitted with it too): AdamW on a cosine decay, batches drawn without
+replacement from a seeded generator, so a run is a function of its arguments alone.
 """
 
 import hashlib
@@ -24,7 +25,7 @@ import optax
 from absl import logging
 
 from sara_jax.encoders.preprocess import imagenet_normalize
-from sara_jax.io import files, preemption
+from sara_jax.io import instruments, preemption
 from sara_jax.models.dinov2 import DinoV2
 
 PyTree = Any
@@ -122,8 +123,9 @@ class LinearProbe(nn.Module):
         return nn.Dense(self.num_classes, name="head")(jnp.concatenate(pooled, axis=-1))
 
 
-def _cache_path(config: ml_collections.ConfigDict) -> Path:
-    """A file name that changes whenever anything that determines the weights changes."""
+def cache_path(config: ml_collections.ConfigDict) -> Path:
+    """A file name that changes whenever anything that determines the weights changes (the
+    run's own seed does not: every seed of a study aligns to the same encoder, as to DINOv2)."""
     pretrain = {k: v for k, v in config.encoder.pretrain.items() if k != "cache_dir"}
     data = {k: config.data[k] for k in ("source", "image_size", "num_classes", "seed")}
     key = {
@@ -131,7 +133,6 @@ def _cache_path(config: ml_collections.ConfigDict) -> Path:
         "image_size": config.encoder.image_size,
         "pretrain": pretrain,
         "data": data,
-        "seed": config.seed,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(config.encoder.pretrain.cache_dir).expanduser() / f"demo_vit-{digest}.msgpack"
@@ -160,7 +161,7 @@ def pretrain_demo_vit(
     images, labels = _stack(source, range(p.num_examples))
     test_images, test_labels = _stack(source, range(p.num_examples, p.num_examples + held_out))
     model = LinearProbe(demo_vit(config.encoder), config.data.num_classes)
-    params = model.init(jax.random.key(config.seed), imagenet_normalize(jnp.asarray(images[:1])))
+    params = model.init(jax.random.key(p.seed), imagenet_normalize(jnp.asarray(images[:1])))
 
     def logits_fn(params: PyTree, images: jax.Array) -> jax.Array:
         return model.apply({"params": params}, imagenet_normalize(images))
@@ -173,7 +174,7 @@ def pretrain_demo_vit(
         steps=p.steps,
         batch_size=p.batch_size,
         lr=p.lr,
-        seed=config.seed,
+        seed=p.seed,
         name="demo encoder pretraining",
     )
     accuracy = classifier_accuracy(logits_fn, params, test_images, test_labels)
@@ -184,7 +185,7 @@ def pretrain_demo_vit(
 def pretrained_demo_vit(config: ml_collections.ConfigDict, source: Sequence[dict]) -> PyTree:
     """The demo encoder's params: from the cache if it is usable, else pretrained now and
     cached (a damaged cache is named in a warning and rewritten)."""
-    path = _cache_path(config)
+    path = cache_path(config)
     module = demo_vit(config.encoder)
     size = config.encoder.image_size
     template = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
@@ -193,4 +194,4 @@ def pretrained_demo_vit(config: ml_collections.ConfigDict, source: Sequence[dict
         logging.info("demo encoder: pretraining (cached afterwards at %s)", path)
         return pretrain_demo_vit(config, source)[0]
 
-    return files.cached_tree(path, template["params"], pretrain, "demo encoder")
+    return instruments.shipped_or_cached(path, template["params"], pretrain, "demo encoder")

@@ -1,6 +1,8 @@
 """In-training evaluation: every `eval.every` steps, a small-budget FID of the model's samples
 (e.g. 2k samples, a few sampler steps) so a run shows its convergence without stopping; on the
 generated shapes data, the shapes classifier's `fd` and `class_acc` (`evaluation.shapes`).
+Beside them, on `eval.spatial_images` training records, the spatial structure of the aligned
+tokens and their structural gap (`make_structure_monitor`), for every method alike.
 
 Samples are drawn exactly as `python -m sara_jax.sample` draws them (sample i is a function of
 `sample.seed` and i), only fewer and with `eval.num_steps`: the same checkpoint gives the same
@@ -13,7 +15,7 @@ and with one process also while a chunk is drawn. Nothing of it is logged; the c
 what to save.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -22,8 +24,15 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from sara_jax.encoders.load import Encoder
 from sara_jax.evaluation import metrics, shapes
+from sara_jax.evaluation.representations import (
+    alignment_metrics,
+    make_representations,
+    probe_batch,
+)
 from sara_jax.io import preemption
+from sara_jax.models.trained import Models
 from sara_jax.sampling.sample_set import make_chunk_sampler
 
 PyTree = Any
@@ -126,6 +135,30 @@ def make_shapes_monitor(config: ml_collections.ConfigDict) -> Callable[[PyTree],
     logging.info("shapes evaluator: held-out accuracy %.4f", evaluator.accuracy)
     score = lambda features, labels: shapes.scores(features, labels, reference)  # noqa: E731
     return make_monitor(config, evaluator.featurize, score)
+
+
+def make_structure_monitor(
+    config: ml_collections.ConfigDict, models: Models, encoder: Encoder, source: Sequence[dict]
+) -> Callable[[PyTree], dict[str, float]]:
+    """`params -> {"spatial/<tokens>/<metric>", "struc_gap/<tokens>"}` of the first
+    `eval.spatial_images` records, or all if fewer (`evaluation.representations`): how
+    spatially structured z_enc, z_den and h_den are and how far z_den and h_den are from
+    z_enc's structure.
+
+    params: {"sit", "projector"}, whole on every device; `encoder.params` likewise.
+    """
+    e = config.eval
+    count = min(e.spatial_images, len(source))
+    side = config.model.input_size // config.model.patch_size
+    batch = probe_batch(source, count, side)
+    foreground = batch.pop("foreground", None)
+    forward = make_representations(config, models, encoder.features, count, e.spatial_t)
+
+    def measure(params: PyTree) -> dict[str, float]:
+        reps = forward(params, encoder.params, batch)
+        return alignment_metrics(reps, foreground, config.loss.struc_reduction)
+
+    return measure
 
 
 def make_config_monitor(config: ml_collections.ConfigDict) -> Callable[[PyTree], dict[str, float]]:

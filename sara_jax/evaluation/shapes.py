@@ -5,7 +5,9 @@ learns the shape classes from generator records that no training run reads: indi
 `data.num_examples` on, which the SiT's source never reaches. Its penultimate features give a
 Frechet distance (`fd`, the FID formula in this feature space) between samples and real
 images, and its predictions give `class_acc`, the fraction of class-k samples it calls k.
-The weights are cached keyed by everything that determines them, as the demo encoder's are.
+The weights are cached keyed by everything that determines them, as the demo encoder's are,
+and the demo's and the study's ship with the code (`io.instruments`): a study's ruler is the
+same file on every machine.
 """
 
 import hashlib
@@ -24,7 +26,7 @@ from absl import logging
 from sara_jax.data.shapes import ShapesSource
 from sara_jax.encoders.pretrain import classifier_accuracy, fit_classifier
 from sara_jax.evaluation import metrics
-from sara_jax.io import files
+from sara_jax.io import instruments
 
 PyTree = Any
 # uint8 images (N, H, W, 3) -> {"features": (N, F), "logits": (N, classes)} numpy arrays.
@@ -130,7 +132,7 @@ def load_evaluator(
         params, accuracy = train_evaluator(shapes, data)
         return {"params": params, "accuracy": accuracy}
 
-    stored = files.cached_tree(
+    stored = instruments.shipped_or_cached(
         path, {"params": template["params"], "accuracy": 0.0}, train, "shapes evaluator"
     )
     params, accuracy = stored["params"], float(stored["accuracy"])
@@ -161,12 +163,32 @@ def reference_images(data: ml_collections.ConfigDict, count: int) -> np.ndarray:
     return np.stack([source[i]["image"] for i in range(min(count, len(source)))])
 
 
+# Resamples of the bootstrap that gives fd's standard error: enough for its first digit.
+BOOTSTRAP = 20
+
+
 def scores(
     features: dict[str, np.ndarray], labels: np.ndarray, reference: metrics.FeatureStats
 ) -> dict[str, float]:
     """{"fd", "class_acc"} of samples' evaluator `features` (as `featurize` returns them) drawn
-    for `labels` (N,), against the reference images' feature statistics."""
+    for `labels` (N,), against the reference images' feature statistics, and how much each
+    would move with another draw of N samples: "class_acc_se", the binomial standard error
+    sqrt(p (1 - p) / N), and "fd_se", the spread (ddof 1) of fd over BOOTSTRAP resamples of the
+    samples with replacement (a fixed generator: the same samples give the same figure). A
+    difference between methods smaller than about twice these is within the evaluator's noise.
+    """
+    ours = features["features"]
+    accuracy = class_accuracy(features["logits"], labels)
+    rng = np.random.default_rng(0)
+    resampled = [
+        metrics.frechet_distance(
+            metrics.feature_stats(ours[rng.integers(0, len(ours), len(ours))]), reference
+        )
+        for _ in range(BOOTSTRAP)
+    ]
     return {
-        "fd": metrics.frechet_distance(metrics.feature_stats(features["features"]), reference),
-        "class_acc": class_accuracy(features["logits"], labels),
+        "fd": metrics.frechet_distance(metrics.feature_stats(ours), reference),
+        "class_acc": accuracy,
+        "fd_se": float(np.std(resampled, ddof=1)),
+        "class_acc_se": float(np.sqrt(accuracy * (1 - accuracy) / len(labels))),
     }

@@ -20,7 +20,13 @@ from sara_jax.io.events import Scalars
 
 # Whether a metric improves downwards; metrics not listed are taken as lower-is-better.
 HIGHER_IS_BETTER = {"class_acc", "is", "precision", "recall"}
-LABELS = {"none": "SiT", "repa": "REPA", "sara": "SARA"}
+LABELS = {
+    "none": "SiT",
+    "repa": "REPA",
+    "sara": "SARA",
+    "irepa": "iREPA",
+    "sara_irepa": "SARA+iREPA",
+}
 
 
 def label(method: str) -> str:
@@ -74,10 +80,35 @@ def steps_to_reach(
     return None
 
 
+# The comparisons the study answers, (baseline, method): each alignment against the one it
+# extends, and iREPA's two changes against the same method without them.
+PAIRS = (
+    ("none", "repa"),
+    ("repa", "sara"),
+    ("repa", "irepa"),
+    ("sara", "sara_irepa"),
+    ("irepa", "sara_irepa"),
+)
+
+
 def default_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
-    """(baseline, method) pairs of the paper's comparisons present: SiT -> REPA -> SARA."""
-    order = [m for m in ("none", "repa", "sara") if m in methods]
-    return list(zip(order[:-1], order[1:], strict=True))
+    """The (baseline, method) pairs of PAIRS whose two methods are both present."""
+    return [(a, b) for a, b in PAIRS if a in methods and b in methods]
+
+
+def seed_difference(
+    baseline: Sequence[float | None], method: Sequence[float | None]
+) -> dict[str, Any] | None:
+    """Whether two methods' per-seed steps to a threshold differ by more than their seed
+    spread: the difference of the means (baseline - method, > 0: the method is faster), its
+    standard error sqrt(s_b^2 / n_b + s_m^2 / n_m) (ddof 1), and `exceeds_spread`, |difference|
+    > 2 standard errors. None unless every seed of both reached it and each has 2 or more."""
+    if len(baseline) < 2 or len(method) < 2 or None in baseline or None in method:
+        return None
+    b, m = np.asarray(baseline, np.float64), np.asarray(method, np.float64)
+    difference = float(b.mean() - m.mean())
+    se = float(np.sqrt(b.var(ddof=1) / len(b) + m.var(ddof=1) / len(m)))
+    return {"steps": difference, "se": se, "exceeds_spread": abs(difference) > 2 * se}
 
 
 def reach(curve: dict[str, Any], threshold: float, higher_is_better: bool) -> dict[str, Any]:
@@ -107,7 +138,8 @@ def aggregate(
     Returns: {"curves": metric -> method -> `seed_curves`,
       "reach": a row per chosen threshold and method: its steps to reach it (`reach`),
       "speedups": a row per pair, metric and threshold (the baseline's final mean value, then
-      the chosen ones): the baseline's and the method's steps to it and their ratio}.
+      the chosen ones): the baseline's and the method's steps to it, their ratio and whether
+      the per-seed steps differ by more than the seed spread (`seed_difference`)}.
     """
     pairs = default_pairs(list(runs)) if pairs is None else pairs
     curves = {
@@ -129,7 +161,8 @@ def aggregate(
             base, other = by_method[baseline], by_method[method]
             chosen = [(v, "chosen") for m, v in thresholds if m == metric]
             for threshold, source in [(base["mean"][-1], "baseline final"), *chosen]:
-                base_steps = reach(base, threshold, higher)["steps"]
+                base_reach = reach(base, threshold, higher)
+                base_steps = base_reach["steps"]
                 method_reach = reach(other, threshold, higher)
                 speedups.append(
                     {
@@ -141,6 +174,10 @@ def aggregate(
                         "baseline_steps": base_steps,
                         "method_steps": method_reach["steps"],
                         "method_steps_per_seed": method_reach["per_seed"],
+                        "baseline_steps_per_seed": base_reach["per_seed"],
+                        "difference": seed_difference(
+                            base_reach["per_seed"], method_reach["per_seed"]
+                        ),
                         "ratio": base_steps / method_reach["steps"]
                         if base_steps and method_reach["steps"]
                         else None,
@@ -191,20 +228,44 @@ def markdown(summary: dict[str, Any], table_steps: Sequence[int] | None = None) 
             "### Speed-ups: steps the baseline needs over steps the method needs (mean curves)",
             "",
             "| metric | threshold | baseline | method | baseline steps | method steps "
-            "| method per seed | speed-up |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| method per seed | speed-up | difference +- s.e. (seeds) | beyond 2 s.e. |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in summary["speedups"]:
             ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "not reached"
             threshold = f"{r['threshold']:.4g} ({r['threshold_from']})"
             per_seed = ", ".join(_steps(v) for v in r["method_steps_per_seed"])
+            d = r.get("difference")
+            spread = f"{d['steps']:.0f} +- {d['se']:.0f}" if d else "-"
+            beyond = ("yes" if d["exceeds_spread"] else "no") if d else "-"
             lines.append(
                 f"| {r['metric']} | {threshold} | {label(r['baseline'])} | {label(r['method'])} "
                 f"| {_steps(r['baseline_steps'])} | {_steps(r['method_steps'])} "
-                f"| {per_seed} | {ratio} |"
+                f"| {per_seed} | {ratio} | {spread} | {beyond} |"
             )
         lines.append("")
+    if summary.get("environments"):
+        lines += ["### Where the arms ran (training/loop.py's environment.json)", ""]
+        lines += [f"- {machine}: {', '.join(arms)}" for machine, arms in machines(summary).items()]
+        lines.append("")
     return "\n".join(lines)
+
+
+def machines(summary: dict[str, Any]) -> dict[str, list[str]]:
+    """Each machine the arms ran on (CPU model and vector extensions, devices, jax and jaxlib
+    versions: what changes float32 results) -> the arms ("method/seedK") that ran there."""
+    out: dict[str, list[str]] = {}
+    for arm, starts in summary["environments"].items():
+        for e in starts:
+            jax_versions = f"jax {e['packages']['jax']}, jaxlib {e['packages']['jaxlib']}"
+            flags = " ".join(f for f in e["cpu_flags"] if f.startswith("amx")) or "no AMX"
+            avx = "AVX-512" if any(f.startswith("avx512") for f in e["cpu_flags"]) else "no AVX-512"
+            machine = (
+                f"{e['cpu']} ({avx}, {flags}), {e['devices']} {e['platform']} device(s), "
+                f"{jax_versions}"
+            )
+            out.setdefault(machine, []).append(f"{arm} from step {e['from_step']}")
+    return out
 
 
 def plot(summary: dict[str, Any], out: Path) -> list[Path]:
@@ -235,6 +296,6 @@ def plot(summary: dict[str, Any], out: Path) -> list[Path]:
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
         fig.legend(loc="outside lower center", ncols=columns, fontsize="small")
-        written.append(out / f"{metric}.png")
+        written.append(out / f"{metric.replace('/', '_')}.png")  # spatial/h_den/lds
         fig.savefig(written[-1], dpi=120)
     return written

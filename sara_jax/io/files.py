@@ -87,7 +87,7 @@ def _tree_mismatch(tree: Any, template: Any) -> str | None:
     return None
 
 
-def _read_cached_tree(path: Path, template: Any) -> Any:
+def read_cached_tree(path: Path, template: Any) -> Any:
     """The tree `cached_tree` stored at `path`; a ValueError saying why it is unusable."""
     # msgpack has no checksum: a changed byte inside an array would be read without complaint.
     stored = serialization.msgpack_restore(path.read_bytes())
@@ -115,7 +115,7 @@ def cached_tree(path: Path, template: Any, build: Callable[[], Any], what: str) 
     """
     if path.exists():
         try:
-            tree = _read_cached_tree(path, template)
+            tree = read_cached_tree(path, template)
         except Exception as err:  # Whatever is wrong with the file, rebuilding fixes it.
             logging.warning(
                 "%s: the cache %s cannot be used (%s); rebuilding it and overwriting the file",

@@ -3,7 +3,7 @@
 from typing import NamedTuple
 
 from sara_jax.models.discriminator import Discriminator
-from sara_jax.models.projector import Projector
+from sara_jax.models.projector import ConvProjector, Projector
 from sara_jax.models.sit import SiT
 
 
@@ -11,5 +11,5 @@ class Models(NamedTuple):
     """The trained modules; the frozen encoder lives outside the state (see encoders/load.py)."""
 
     sit: SiT
-    projector: Projector
+    projector: Projector | ConvProjector
     disc: Discriminator

@@ -16,6 +16,8 @@
 | 10  | L_adv                                         | `losses.adversarial_loss`       |
 | 11  | L_velocity + lambda L_patch + beta L_struc    | `sara.generator_loss`           |
 |     | + gamma L_adv                                 |                                 |
+| -   | iREPA's z-scored targets (`loss.encoder_norm`)| `losses.spatial_zscore`,        |
+|     |                                               | `sara.alignment_targets`        |
 
 `family` holds each model family's denoising term (SiT: Eq. 2-3; DiT: DDPM's L_simple + L_vlb
 from `diffusion`) and the diffusion inputs of one example. The train step (`training.step`)

@@ -1,4 +1,5 @@
-"""The loss terms of SARA's objective (paper Eq. 3, 6-10), one function each.
+"""The loss terms of SARA's objective (paper Eq. 3, 6-10), one function each, and iREPA's
+normalisation of their targets.
 
 Every function upcasts to float32 first: cosines and norms in half precision were reported to
 produce NaNs in REPA's training, and these are cheap next to the networks.
@@ -16,6 +17,22 @@ def l2_normalize(x: jax.Array) -> jax.Array:
     x = x.astype(jnp.float32)
     norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
     return x / jnp.maximum(norm, _NORM_EPS)
+
+
+def spatial_zscore(z: jax.Array, alpha: float, eps: float = 1e-6) -> jax.Array:
+    """iREPA's spatial normalisation of encoder tokens: (z - alpha mean_N z) / (std_N z + eps),
+    mean and std over the token axis per example and channel, in float32.
+
+    The std is the unbiased one (N - 1 in the denominator), torch's `Tensor.std` default that
+    iREPA's reference uses. alpha = 1 centres every channel over the tokens (what is common to
+    all tokens, the global part, is removed); alpha = 0 only rescales.
+
+    Args: z: (B, N, D), N >= 2. Returns: (B, N, D) float32.
+    """
+    z = z.astype(jnp.float32)
+    mean = jnp.mean(z, axis=1, keepdims=True)
+    std = jnp.std(z, axis=1, keepdims=True, ddof=1)
+    return (z - alpha * mean) / (std + eps)
 
 
 def velocity_loss(prediction: jax.Array, target: jax.Array) -> jax.Array:

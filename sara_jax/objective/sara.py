@@ -41,6 +41,27 @@ def encoder_targets(
     return lax.stop_gradient(encoder_features(encoder_params, images))
 
 
+def alignment_targets(
+    z_enc: jax.Array, loss: ml_collections.ConfigDict
+) -> tuple[jax.Array, jax.Array]:
+    """The encoder tokens each alignment term compares to: (L_patch's, the others').
+
+    With `loss.encoder_norm` "zscore" the tokens are iREPA's spatially normalised ones
+    (`losses.spatial_zscore`): for every term when `loss.encoder_norm_terms` is "all" (iREPA's
+    trainer normalises z once for all its projection losses), for L_patch only when "patch"
+    (L_struc and D's real tokens then keep the raw z_enc).
+
+    Args: z_enc: (B, N, D), the encoder's tokens (`encoder_targets`).
+    Returns: (L_patch's targets, L_struc's targets and D's real tokens), both (B, N, D).
+    """
+    if loss.encoder_norm == "none":
+        return z_enc, z_enc
+    if loss.encoder_norm != "zscore":
+        raise ValueError(f"loss.encoder_norm must be 'none' or 'zscore', got {loss.encoder_norm!r}")
+    z_norm = losses.spatial_zscore(z_enc, loss.zscore_alpha)
+    return z_norm, (z_norm if loss.encoder_norm_terms == "all" else z_enc)
+
+
 def denoiser_forward(params: PyTree, inputs: Batch, models: Models) -> tuple[jax.Array, jax.Array]:
     """f_theta(x_t, t, y) and z_den, the hidden state after block `model.encoder_depth` (Eq. 4).
 
@@ -80,7 +101,8 @@ def generator_loss(
       disc: D's variables, held fixed: L_adv trains the SiT and projector only.
       inputs: "x_t" (B, H, W, C), "t" (B,), "labels" (B,), the objective's own inputs ("target"
         (B, H, W, C) velocity for the SiT; "x0", "eps" for the DiT), "z_enc" (B, N, D) encoder
-        features (absent without alignment).
+        features as the encoder gives them (absent without alignment; normalised here as
+        `alignment_targets` says).
       gamma: the adversarial weight in force at this step.
     Returns: total loss, (each computed term, h_den (B, N, D) or None without alignment).
     """
@@ -90,12 +112,12 @@ def generator_loss(
     if not aligned(lc):
         return total, (terms, None)
     h_den = project(params, z_den, models)
-    z_enc = inputs["z_enc"]
+    z_patch, z_struc = alignment_targets(inputs["z_enc"], lc)
     if lc.patch_weight > 0:
-        terms["patch"] = losses.patch_alignment_loss(z_enc, h_den)
+        terms["patch"] = losses.patch_alignment_loss(z_patch, h_den)
         total += lc.patch_weight * terms["patch"]
     if lc.struc_weight > 0:
-        terms["struc"] = losses.structural_loss(z_enc, h_den, lc.struc_reduction)
+        terms["struc"] = losses.structural_loss(z_struc, h_den, lc.struc_reduction)
         total += lc.struc_weight * terms["struc"]
     if adversarial(lc):
         fake_logits, _ = disc_logits(models, disc, h_den, config.disc.bn_mode == "train")
@@ -122,7 +144,8 @@ def disc_objective(
     models: Models,
     bn_train: bool,
 ) -> tuple[jax.Array, tuple[PyTree, dict[str, jax.Array]]]:
-    """L_D (Eq. 9) of D's params on real = z_enc and fake = sg(h_den), both (B, N, D).
+    """L_D (Eq. 9) of D's params on real = z_enc (as `alignment_targets` hands it to L_struc
+    and D) and fake = sg(h_den), both (B, N, D).
 
     Returns: L_D, (updated batch statistics, D's accuracy on real and on fake tokens).
     """

@@ -1,9 +1,11 @@
-"""A TrainState from a published PyTorch denoiser (REPA, SiT or DiT), saved as an ordinary step
-checkpoint of a new run: what `python -m sara_jax.convert --denoiser=...` does.
+"""A TrainState from a published PyTorch denoiser (REPA, iREPA, SiT or DiT), saved as an
+ordinary step checkpoint of a new run: what `python -m sara_jax.convert --denoiser=...` does.
 
 - `repa`: REPA's train.py checkpoint {"model", "ema", "opt", "args", "steps"} (its released
   SiT-XL/2 too): `model` -> params, `ema` -> EMA params (SiT and projector both), the AdamW
   state -> the optax state, `steps` -> the step.
+- `irepa`: iREPA's ldm/train.py checkpoint, REPA's entries with iREPA's projector (a conv or
+  an MLP: `config.projector.kind` and `kernel_size` must match the file's).
 - `sit`: SiT's released bare EMA state dict (`SiT-XL-2-256x256.pt`), for a family "sit" config:
   params = EMA = those weights (time and sign turned into this package's convention, see
   converters/sit.py).
@@ -37,7 +39,7 @@ REPA_ENTRIES = {"model", "ema", "opt", "args", "steps"}
 def _split(contents: object, fmt: str, source: str) -> tuple[dict, dict, dict | None, int]:
     """(model, ema, AdamW state or None, step) of a loaded file in `fmt`."""
     is_dict = isinstance(contents, dict)
-    if fmt != "repa":
+    if fmt not in sit.RUN_FORMATS:
         if not is_dict or "ema" in contents or "model" in contents:
             raise ValueError(
                 f"{source}: --denoiser_format={fmt} takes the released bare state dict, this file "
@@ -46,8 +48,8 @@ def _split(contents: object, fmt: str, source: str) -> tuple[dict, dict, dict | 
         return contents, contents, None, 0
     if not is_dict or "ema" not in contents:
         raise ValueError(
-            f"{source}: not a REPA train.py checkpoint (a dict with 'ema' and optionally 'model', "
-            "'opt', 'args', 'steps')"
+            f"{source}: not a {fmt} train.py checkpoint (a dict with 'ema' and optionally "
+            "'model', 'opt', 'args', 'steps')"
         )
     unknown = sorted(set(contents) - REPA_ENTRIES)
     if unknown:
@@ -72,6 +74,7 @@ def _check_repa_run(config: ml_collections.ConfigDict, contents: dict, source: s
                 f"{source}: REPA aligned (and its projector reads) block {depth}, the config "
                 f"block {config.model.encoder_depth}; set config.model.encoder_depth={depth}"
             )
+        _check_irepa_args(config, args)
         if getattr(args, "path_type", "linear") != "linear":
             raise ValueError(
                 f"{source}: REPA trained the {args.path_type!r} path; sara_jax's interpolant is "
@@ -88,6 +91,24 @@ def _check_repa_run(config: ml_collections.ConfigDict, contents: dict, source: s
                 theirs,
                 ours,
             )
+
+
+def _check_irepa_args(config: ml_collections.ConfigDict, args: object) -> None:
+    """Warns where iREPA's target normalisation (`args.spnorm_method`, `zscore_alpha`) is not the
+    config's: the weights do not hold it, training continues with the config's."""
+    method = getattr(args, "spnorm_method", None)
+    if method is None:  # REPA's args: no normalisation.
+        return
+    theirs = (method, getattr(args, "zscore_alpha", None) if method == "zscore" else None)
+    loss = config.loss
+    ours = (loss.encoder_norm, loss.zscore_alpha if loss.encoder_norm == "zscore" else None)
+    if theirs != ours:
+        logging.warning(
+            "iREPA's target normalisation (spnorm_method, zscore_alpha) = %s; training "
+            "continues with the config's (loss.encoder_norm, loss.zscore_alpha) %s",
+            theirs,
+            ours,
+        )
 
 
 def denoiser_state(
@@ -110,13 +131,13 @@ def denoiser_state(
     z_dim = encoder_width(config.encoder)
     for state_dict in (model_sd, ema_sd):
         sit.check_architecture(state_dict, config, z_dim, fmt, source)
-    if fmt == "repa":
+    if fmt in sit.RUN_FORMATS:
         _check_repa_run(config, contents, source)
 
     # The key and the jit of the training loop: the parts the file lacks start as there.
     state = jax.jit(lambda key: config_train_state(config, key))(jax.random.key(config.seed))
     state = state.replace(disc=initial_disc(config, state.disc))
-    expected = state.params if fmt == "repa" else {"sit": state.params["sit"]}
+    expected = state.params if fmt in sit.RUN_FORMATS else {"sit": state.params["sit"]}
     params = {**state.params, **sit.convert(model_sd, expected, fmt, f"{source} model")}
     ema = {**state.ema_params, **sit.convert(ema_sd, expected, fmt, f"{source} ema")}
     opt_state = state.opt_state

@@ -27,7 +27,7 @@ import numpy as np
 from sara_jax.models.clip_vit import ClipVisionTransformer
 from sara_jax.models.dinov2 import DinoV2
 from sara_jax.models.discriminator import Discriminator
-from sara_jax.models.projector import Projector
+from sara_jax.models.projector import ConvProjector, Projector
 from sara_jax.models.sit import SiT, TimestepEmbedder
 from sara_jax.objective.sara import adversarial, aligned
 from sara_jax.sampling import samplers
@@ -89,8 +89,12 @@ def sit_forward(sit: SiT) -> float:
     )
 
 
-def projector_forward(projector: Projector, tokens: int, hidden_size: int) -> float:
-    """The 3-layer MLP hidden -> width -> width -> z_dim on every token."""
+def projector_forward(projector: Projector | ConvProjector, tokens: int, hidden_size: int) -> float:
+    """The 3-layer MLP hidden -> width -> width -> z_dim on every token, or iREPA's k x k
+    convolution hidden -> z_dim at every token (its full kernel: the taps on the zero padding
+    at the grid's border are counted, as for D)."""
+    if isinstance(projector, ConvProjector):
+        return projector.kernel_size**2 * dense(tokens, hidden_size, projector.z_dim)
     w = projector.width
     return dense(tokens, hidden_size, w) + dense(tokens, w, w) + dense(tokens, w, projector.z_dim)
 
@@ -151,7 +155,7 @@ def autocorrelation(tokens: int, width: int) -> float:
 def train_step(
     config: ml_collections.ConfigDict,
     sit: SiT,
-    projector: Projector,
+    projector: Projector | ConvProjector,
     disc: Discriminator,
     encoder: DinoV2 | ClipVisionTransformer,
 ) -> dict[str, float]:

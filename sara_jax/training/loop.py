@@ -3,6 +3,7 @@
 Read top to bottom: everything a run does happens in `train_and_evaluate`.
 """
 
+import json
 import time
 
 import grain
@@ -13,6 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from clu import parameter_overview
+from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -22,6 +24,7 @@ from sara_jax.data.pipeline import make_source, make_train_iterator
 from sara_jax.encoders.load import load_encoder
 from sara_jax.evaluation import in_training
 from sara_jax.io import files, preemption, tensorboard
+from sara_jax.io.environment import environment
 from sara_jax.io.errors import InputError
 from sara_jax.models.sit import SiT
 from sara_jax.sampling import denoiser
@@ -85,6 +88,13 @@ def check_finite(metrics: dict, step: int, mode: str) -> None:
     if mode == "stop":
         raise FloatingPointError(message)
     logging.warning(message)
+
+
+def record_environment(path: epath.Path, step: int) -> None:
+    """Appends this process's machine and versions (`io.environment`), from `step` on, to the
+    list at `path`: a run resumed elsewhere says where each of its parts ran."""
+    starts = json.loads(path.read_text()) if path.exists() else []
+    files.write_json(path, [*starts, {"from_step": step, **environment()}])
 
 
 def train_and_evaluate(
@@ -200,6 +210,7 @@ def train_and_evaluate(
 
     if jax.process_index() == 0:
         files.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
+        record_environment(workdir / "environment.json", int(state.step))
     logging.info("config: %s\nevery field: %s", describe(config), workdir / "config.json")
     writer = tensorboard.create_writer(workdir, just_logging=jax.process_index() > 0)
     writer.write_hparams(dict(flat_items(config)))
@@ -210,6 +221,9 @@ def train_and_evaluate(
     # Building a monitor may train an evaluator: only when an evaluation falls in this run.
     evaluates = 0 < config.eval.every <= t.num_steps
     monitor = in_training.make_config_monitor(config) if evaluates else None
+    structure = None
+    if evaluates and config.eval.spatial_images:
+        structure = in_training.make_structure_monitor(config, models, encoder, source)
 
     def sampled_params() -> dict:
         # Whole on every device, whatever the layout: the samplers are plain jit programs. A
@@ -224,7 +238,8 @@ def train_and_evaluate(
         start = time.perf_counter()
         results = monitor(params["sit"])
         seconds = {f"{next(iter(results))}_seconds": time.perf_counter() - start}
-        writer.write_scalars(step, {**results, **seconds})
+        measured = structure(params) if structure is not None else {}
+        writer.write_scalars(step, {**results, **seconds, **measured})
         shown = ", ".join(f"{k} {v:.4f}" for k, v in results.items())
         shown = f"step {step}: {shown} ({config.eval.num_samples} samples)"
         logging.info("%s", shown)

@@ -16,7 +16,7 @@ from sara_jax.io import files
 from sara_jax.io.errors import MissingInput
 from sara_jax.models.discriminator import Discriminator
 from sara_jax.models.dtype import dtype_of
-from sara_jax.models.projector import Projector
+from sara_jax.models.projector import make_projector
 from sara_jax.models.sit import SiT
 from sara_jax.models.trained import Models
 from sara_jax.training import checkpoints
@@ -64,7 +64,7 @@ def build_models(config: ml_collections.ConfigDict, z_dim: int) -> Models:
         # DiT predicts eps and the variance interpolation: twice the input channels.
         learn_sigma=m.family == "dit",
     )
-    projector = Projector(width=config.projector.width, z_dim=z_dim, dtype=dtype)
+    projector = make_projector(config.projector, z_dim, dtype)
     # Train-mode BatchNorm averages its batch statistics over the data axis, so the result does
     # not depend on how the batch is split across devices.
     disc = Discriminator(use_maxpool=config.disc.use_maxpool, axis_name="data", dtype=dtype)

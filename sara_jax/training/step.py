@@ -28,6 +28,7 @@ from sara_jax.objective.sara import (
     adversarial,
     adversarial_weight,
     aligned,
+    alignment_targets,
     disc_objective,
     encoder_targets,
     generator_loss,
@@ -100,7 +101,8 @@ def discriminator_step(
 
     Args:
       disc_config: `config.disc`.
-      real: z_enc (B, N, D); fake: sg(h_den) (B, N, D), this device's examples.
+      real: z_enc (B, N, D), normalised as the alignment terms take it
+        (`sara.alignment_targets`); fake: sg(h_den) (B, N, D), this device's examples.
       disc_gate: "cond" or "mask", see `make_train_step`.
       update_specs: the layout of D's optimizer state over its params (`sharding.tree_specs`);
         D's params themselves are replicated in every layout.
@@ -255,7 +257,8 @@ def make_train_step(
             )
             disc, disc_opt_state, disc_metrics = discriminator_step(
                 state,
-                z_enc,
+                # D's real tokens: the targets of the other terms, normalised or not with them.
+                alignment_targets(z_enc, config.loss)[1],
                 lax.stop_gradient(h_den),
                 models,
                 config.disc,

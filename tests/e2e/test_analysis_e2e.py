@@ -31,10 +31,19 @@ def test_cli_writes_fig2a_and_fig2b_for_a_trained_demo_model(tmp_path):
     assert fig2b["step"] == 2 and fig2b["num_images"] == 3 and fig2b["t"] == 0.5
     assert fig2b["centre_patch"] == 36
     # 3 images x 64 tokens; encoder width 16, SiT width 32, projected back to 16.
-    for name, width in (("z_enc", 16), ("h", 32), ("h_den", 16)):
+    for name, width in (("z_enc", 16), ("z_den", 32), ("h_den", 16)):
         assert fig2b[name]["shape"] == [3 * 64, width] and fig2b[name]["k"] == 4
         # The top-k share is at least the average k / width and at most everything.
         assert 4 / width - 1e-6 <= fig2b[name]["energy"] < 1.0
+
+    # The spatial metrics of each (SRSS too: the shapes data marks its objects) and the gaps,
+    # as the in-training evaluation logs them; the gap is L_struc's mean, in [0, 4].
+    structure = json.loads((out / "spatial.json").read_text())
+    for name in ("z_enc", "z_den", "h_den"):
+        for metric in ("lds", "cds", "rmsc", "srss"):
+            assert np.isfinite(structure[f"spatial/{name}/{metric}"]), (name, metric)
+        assert 0 < structure[f"spatial/{name}/rmsc"] <= 1
+    assert 0 < structure["struc_gap/z_den"] <= 4 and 0 < structure["struc_gap/h_den"] <= 4
 
 
 def test_cli_names_a_missing_checkpoint(tmp_path):

@@ -31,6 +31,12 @@ BAD_INPUTS = [
     ("study", "--methods=foo", "unknown alignment terms ['foo']"),
     ("study", "--methods=sara+loss.beta=1", "no config field 'loss.beta'"),
     ("convert", "--config.encoder.checkpoint={tmp}/nope", "checkpoint='{tmp}/nope': no such"),
+    # Data that is not there.
+    (
+        "preprocess",
+        "--config.preprocess.path={tmp}/noimagenet --config.data.dir={tmp}/out",
+        "ImageNet folder '{tmp}/noimagenet' does not exist",
+    ),
     # Files given to evaluate.
     ("evaluate", "--samples={tmp}/missing.npz", "--samples='{tmp}/missing.npz': no such file"),
     ("evaluate", "--samples={tmp}/float.npz", "--samples={tmp}/float.npz: arr_0 is float32"),
@@ -95,3 +101,20 @@ def test_a_bad_input_is_one_line_naming_it(tmp, command, args, expected):
     assert len(lines) == 1, result.stderr[-3000:]
     assert lines[0].startswith(f"sara_jax.{command}: error: "), lines[0]
     assert expected.format(tmp=tmp) in lines[0], lines[0]
+
+
+def test_training_on_records_that_are_not_there_ends_with_one_error_line(tmp):
+    """Found once the run has started (after its device line): the error is still one line,
+    exit status 2, no traceback."""
+    args = ["--config.data.source=records", f"--config.data.dir={tmp}/nodata"]
+    result = subprocess.run(
+        [sys.executable, "-m", "sara_jax.main", "--config=configs/demo.py", f"--workdir={tmp}/r",
+         "--config.eval.every=0", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"),
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"sara_jax.main: error: config.data.dir='{tmp}/nodata': no such directory ({tmp}/nodata)"
+    )

@@ -5,12 +5,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from helpers import BATCH, STEP
-from test_train_step_e2e import global_batch, random_encoder, run_steps
+from helpers import BATCH, STEP, random_encoder
+from test_train_step_e2e import global_batch, run_steps
 
 from sara_jax import analysis
 from sara_jax.config import set_alignment
 from sara_jax.encoders.registry import encoder_width
+from sara_jax.evaluation import representations
 from sara_jax.objective import diffusion
 from sara_jax.objective.family import make_objective
 from sara_jax.objective.sara import generator_loss
@@ -163,9 +164,9 @@ def test_fig2_representations_of_a_dit_see_its_integer_step(tmp_path, monkeypatc
 
         return objective._replace(network_inputs=network_inputs)
 
-    monkeypatch.setattr(analysis, "make_objective", recording)
-    reps, step = analysis.representations(config, str(tmp_path), num_images=3, t=0.5)
-    assert step == 1 and reps["h_den"].shape == (3, 16, 16) and reps["h"].shape == (3, 16, 32)
+    monkeypatch.setattr(representations, "make_objective", recording)
+    reps, _, step = analysis.representations(config, str(tmp_path), num_images=3, t=0.5)
+    assert step == 1 and reps["h_den"].shape == (3, 16, 16) and reps["z_den"].shape == (3, 16, 32)
     # t = 0.5 of the way to noise is step round(0.5 * 999) = 500 for the DiT.
     assert seen[0].dtype == jnp.int32 and np.all(np.asarray(seen[0]) == 500)
 

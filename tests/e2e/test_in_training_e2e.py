@@ -7,6 +7,8 @@ import jax
 import numpy as np
 from helpers import EVAL, STEP, fake_featurize, symmetric_sqrtm
 
+from sara_jax.data.pipeline import make_source
+from sara_jax.encoders.load import load_encoder
 from sara_jax.evaluation import in_training, metrics
 from sara_jax.io.events import read_scalars
 from sara_jax.sampling.sample_set import make_chunk_sampler
@@ -66,6 +68,20 @@ def test_the_train_loop_logs_fid_every_k_steps(tmp_path, monkeypatch, tiny_confi
         },
     )
     monkeypatch.setattr(in_training, "inception_featurizer", lambda config: fake_featurize)
-    loop.train_and_evaluate(config, str(tmp_path / "run"))
+    state = loop.train_and_evaluate(config, str(tmp_path / "run"))
     fid = scalars(tmp_path / "run", "fid")
     assert sorted(fid) == [2, 4] and all(np.isfinite(v) and v > 0 for v in fid.values())
+
+    # Beside the FID, the aligned tokens' spatial structure and structural gap, measured on the
+    # weights the samples came from: step 4's are those of the state the run ended with.
+    source = make_source(config.data)
+    encoder = load_encoder(config, source)
+    measure = in_training.make_structure_monitor(
+        config, build_models(config, encoder.z_dim), encoder, source
+    )
+    expected = measure(jax.device_get(state.ema_params))
+    assert "spatial/h_den/srss" in expected and "struc_gap/z_den" in expected
+    for tag, value in expected.items():
+        logged = scalars(tmp_path / "run", tag)
+        assert sorted(logged) == [2, 4], tag
+        np.testing.assert_allclose(logged[4], value, rtol=1e-5, atol=1e-6, err_msg=tag)

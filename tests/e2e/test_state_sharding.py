@@ -9,12 +9,12 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
-from helpers import STEP
+from helpers import STEP, random_encoder
 from jax.extend import core
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from test_main import run_main
-from test_train_step_e2e import assert_trees_close, global_batch, random_encoder
+from test_train_step_e2e import assert_trees_close, global_batch
 
 from sara_jax.training import checkpoints
 from sara_jax.training.sharding import (

@@ -1,6 +1,6 @@
-"""The study command end to end: two arms (one a probe that overrides a config field) as
-ordinary runs with the shapes evaluator, outputs that parse, and a second invocation that runs
-nothing new."""
+"""The study command end to end: two arms (iREPA, and a probe that overrides a config field) as
+ordinary runs with the shapes evaluator and the spatial metrics, outputs that parse, and a
+second invocation that runs nothing new."""
 
 import json
 import os
@@ -12,6 +12,7 @@ import sara_jax
 
 REPO = Path(sara_jax.__file__).resolve().parents[1]
 PROBE = "sara+loss.struc_weight=0.25"
+SPATIAL = "spatial/h_den/lds"
 
 
 def run_study(workdir: Path, cache: Path) -> subprocess.CompletedProcess:
@@ -45,10 +46,11 @@ def run_study(workdir: Path, cache: Path) -> subprocess.CompletedProcess:
         "sara_jax.study",
         "--config=configs/demo.py",
         f"--workdir={workdir}",
-        "--methods=none",
+        "--methods=irepa",
         "--seeds=0",
         f"--extra_arms={PROBE}@0",
         "--thresholds=class_acc:0.05",
+        f"--metrics=fd,class_acc,{SPATIAL},struc_gap/z_den",
         *(f"--config.{k}={v}" for k, v in overrides.items()),
     ]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
@@ -60,16 +62,28 @@ def test_the_study_command_runs_its_arms_once_and_writes_parseable_outputs(tmp_p
     assert first.returncode == 0, first.stderr[-3000:]
     summary_dir = tmp_path / "study" / "summary"
     summary = json.loads((summary_dir / "study.json").read_text())
-    assert set(summary["curves"]["fd"]) == {"none", PROBE}
+    assert set(summary["curves"]["fd"]) == {"irepa", PROBE}
     assert summary["curves"]["class_acc"][PROBE]["steps"] == [2, 4]
+    for metric in (SPATIAL, "struc_gap/z_den"):
+        assert summary["curves"][metric]["irepa"]["steps"] == [2, 4], metric
+    # iREPA's arm ran with its conv projector and z-scored targets.
+    arm = json.loads((tmp_path / "study" / "irepa" / "seed0" / "config.json").read_text())
+    assert arm["projector"]["kind"] == "conv" and arm["loss"]["encoder_norm"] == "zscore"
+    assert arm["loss"]["patch_weight"] == 1.0
+    # Where each arm ran, in the summary and its table.
+    assert set(summary["environments"]) == {"irepa/seed0", f"{PROBE}/seed0"}
+    (start,) = summary["environments"]["irepa/seed0"]
+    assert start["from_step"] == 0 and start["devices"] == 1
     # The probe's config, as the run logs it: the fields that differ from the defaults.
     assert any(
         line.startswith("  loss: ") and "struc_weight=0.25" in line
         for line in first.stderr.splitlines()
     )
-    assert {r["method"] for r in summary["reach"]} == {"none", PROBE}
-    assert "### fd" in (summary_dir / "study.md").read_text()
+    assert {r["method"] for r in summary["reach"]} == {"irepa", PROBE}
+    table = (summary_dir / "study.md").read_text()
+    assert "### fd" in table and f"### {SPATIAL}" in table and "### Where the arms ran" in table
     assert (summary_dir / "fd.png").stat().st_size > 0
+    assert (summary_dir / "spatial_h_den_lds.png").stat().st_size > 0
     # Each arm's last lines repeat its evaluations, after its final sample grid.
     last_arm = first.stderr[first.stderr.rindex("samples.png") :]
     assert "evaluation at step 2: fd" in last_arm and "evaluation at step 4: fd" in last_arm

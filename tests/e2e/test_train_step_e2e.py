@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import BATCH, STEP
+from helpers import BATCH, STEP, random_encoder
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -19,17 +19,6 @@ from sara_jax.objective.sara import generator_loss
 from sara_jax.training.sharding import data_mesh
 from sara_jax.training.state import build_models, create_train_state
 from sara_jax.training.step import make_train_step
-
-
-def random_encoder():
-    """A random frozen encoder: enough to exercise the step (the demo pretrains its own)."""
-    module = DinoV2(patch_size=4, embed_dim=16, depth=1, num_heads=2, pos_grid=4)
-    params = module.init(jax.random.key(7), jnp.zeros((1, 16, 16, 3)))["params"]
-
-    def features(params, images):
-        return module.apply({"params": params}, imagenet_normalize(images))["x_norm_patchtokens"]
-
-    return features, params
 
 
 def global_batch():

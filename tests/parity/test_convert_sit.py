@@ -1,5 +1,5 @@
 """Tests for sara_jax.converters.sit and sara_jax.training.converted (the denoiser mode of
-sara_jax.convert): SiT and REPA checkpoints in their PyTorch layout -> a TrainState.
+sara_jax.convert): SiT, REPA and iREPA checkpoints in their PyTorch layout -> a TrainState.
 
 The references: random weights under REPA's and SiT's key names (REPA's registration order),
 a compact torch forward of their SiT written here from the published architecture, and
@@ -125,14 +125,61 @@ def torch_sit(weights: dict, x, t, y, num_heads: int, encoder_depth: int):
         h = h + g1[:, None] * dense(a, f"{b}.attn.proj")
         hidden = F.gelu(dense(modulate(h, s2, c2), f"{b}.mlp.fc1"), approximate="tanh")
         h = h + g2[:, None] * dense(hidden, f"{b}.mlp.fc2")
-        if i + 1 == encoder_depth and "projectors.0.0.weight" in w:
-            z = F.silu(dense(F.silu(dense(h, "projectors.0.0")), "projectors.0.2"))
-            projected = dense(z, "projectors.0.4")
+        for mlp in ("projectors.0", IREPA):  # REPA's MLP, or iREPA's.
+            if i + 1 == encoder_depth and f"{mlp}.0.weight" in w:
+                z = F.silu(dense(F.silu(dense(h, f"{mlp}.0")), f"{mlp}.2"))
+                projected = dense(z, f"{mlp}.4")
+        if i + 1 == encoder_depth and f"{IREPA}.weight" in w:  # iREPA's conv projector.
+            projected = torch_conv_projector(w[f"{IREPA}.weight"], w[f"{IREPA}.bias"], h)
     shift, scale = dense(F.silu(c), "final_layer.adaLN_modulation.1").chunk(2, dim=-1)
     out = dense(modulate(h, shift, scale), "final_layer.linear")
     grid = math.isqrt(tokens)
     out = out.reshape(batch, grid, grid, p, p, -1).permute(0, 5, 1, 3, 2, 4)
     return out.reshape(batch, -1, grid * p, grid * p), projected
+
+
+IREPA = "projectors.0.projection_layer"
+
+
+def torch_conv_projector(weight, bias, tokens):
+    """iREPA's projector: torch's nn.Conv2d(hidden, z_dim, k, padding=k // 2) on the tokens'
+    grid (B, N, hidden) -> (B, N, z_dim)."""
+    batch, n, hidden = tokens.shape
+    z_dim, _, k, _ = weight.shape
+    layer = torch.nn.Conv2d(hidden, z_dim, k, padding=k // 2)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+        side = math.isqrt(n)
+        out = layer(tokens.reshape(batch, side, side, hidden).permute(0, 3, 1, 2))
+    return out.permute(0, 2, 3, 1).reshape(batch, n, z_dim)
+
+
+def irepa_checkpoint(config, kind: str, kernel_size: int = 3, seed: int = 0) -> dict:
+    """An iREPA ldm/train.py checkpoint: REPA's entries, the projector named
+    `projectors.0.projection_layer` (a Conv2d, or the MLP's Linears 0, 2, 4)."""
+    contents = repa_checkpoint(config, seed)
+    z_dim, d = encoder_width(config.encoder), config.model.hidden_size
+    gen = torch.Generator().manual_seed(seed + 2)
+    conv = {
+        f"{IREPA}.weight": 0.1 * torch.randn((z_dim, d, kernel_size, kernel_size), generator=gen),
+        f"{IREPA}.bias": 0.1 * torch.randn((z_dim,), generator=gen),
+    }
+    for entry in ("model", "ema"):
+        weights = {}
+        for key, value in contents[entry].items():
+            if key.startswith("projectors.0."):
+                if kind == "conv":
+                    continue
+                key = key.replace("projectors.0.", f"{IREPA}.")
+            weights[key] = value
+        contents[entry] = {**weights, **conv} if kind == "conv" else weights
+    if kind == "conv":
+        del contents["opt"]  # Its params are REPA's MLP.
+    args = vars(contents["args"])
+    args.update(projection_layer_type=kind, proj_kwargs_kernel_size=kernel_size)
+    args.update(spnorm_method="zscore", zscore_alpha=0.6)
+    return contents
 
 
 def saved_and_read(obj, path):
@@ -175,8 +222,8 @@ def repa(tmp_path_factory):
     return config, contents, denoiser_state(config, contents, "repa", "repa.pt")
 
 
-def test_repa_params_ema_and_projector_match_the_torch_forward(repa):
-    config, contents, state = repa
+def assert_matches_torch(config, state, contents) -> None:
+    """The converted params and EMA params give the torch forward's output and projection."""
     assert int(state.step) == STEPS
     x, t, y = inputs(config)
     for params, weights in ((state.params, contents["model"]), (state.ema_params, contents["ema"])):
@@ -184,6 +231,11 @@ def test_repa_params_ema_and_projector_match_the_torch_forward(repa):
         ref_out, ref_projected = run_torch(config, weights, x, t, y)
         np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(projected, ref_projected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_repa_params_ema_and_projector_match_the_torch_forward(repa):
+    config, contents, state = repa
+    assert_matches_torch(config, state, contents)
 
 
 def fingerprint(value) -> bytes:
@@ -327,3 +379,44 @@ def test_torch_loading_stays_safe_but_for_argparse_namespace(tmp_path):
     torch.save({"args": fractions.Fraction(1, 3)}, tmp_path / "bad.pt")
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         read_torch_file(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("kind, kernel_size", [("conv", 3), ("conv", 1), ("mlp", 3)])
+def test_irepa_checkpoint_matches_the_torch_forward(kind, kernel_size, tmp_path):
+    # The projector's output equals torch's nn.Conv2d (or the MLP) on the SiT's own tokens.
+    overrides = {"optim.lr": LR, "projector.kind": kind, "projector.kernel_size": kernel_size}
+    config = tiny_config(**overrides)
+    contents = saved_and_read(irepa_checkpoint(config, kind, kernel_size), tmp_path / "i.pt")
+    state = denoiser_state(config, contents, "irepa", "irepa.pt")
+    assert_matches_torch(config, state, contents)
+    if kind == "conv":
+        kernel = state.params["projector"]["conv"]["kernel"]
+        assert kernel.shape == (kernel_size, kernel_size, config.model.hidden_size, 16)
+
+
+@pytest.mark.parametrize(
+    "kind, kernel_size, overrides, message",
+    [
+        ("conv", 3, {"projector.kind": "mlp"},
+         "the projector is iREPA's 'conv' kind, the config's 'mlp'; set config.projector.kind"),
+        ("conv", 1, {"projector.kind": "conv"},
+         r"kernel is 1x1, the config's 3x3; set config.projector.kernel_size=1"),
+        ("mlp", 3, {"projector.kind": "conv"}, "set config.projector.kind='mlp'"),
+    ],
+)  # fmt: skip
+def test_an_irepa_projector_of_another_kind_or_kernel_is_refused(
+    kind, kernel_size, overrides, message
+):
+    contents = irepa_checkpoint(tiny_config(), kind, kernel_size)
+    with pytest.raises(ValueError, match=message):
+        denoiser_state(tiny_config(**overrides), contents, "irepa", "irepa.pt")
+
+
+def test_irepas_linear_projector_is_refused(repa):
+    config, _, _ = repa
+    contents = irepa_checkpoint(config, "conv", 1)
+    for entry in ("model", "ema"):
+        weight = contents[entry][f"{IREPA}.weight"]
+        contents[entry][f"{IREPA}.weight"] = weight[:, :, 0, 0]
+    with pytest.raises(ValueError, match="iREPA's linear projector"):
+        denoiser_state(tiny_config(**{"projector.kind": "conv"}), contents, "irepa", "irepa.pt")

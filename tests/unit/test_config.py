@@ -323,6 +323,23 @@ def test_variants_switch_the_right_terms():
         set_alignment(base_config(), "patch,strucc")
 
 
+def test_irepa_rows_and_variants_take_irepas_two_changes():
+    c = table2_alignment.get_config("irepa")
+    assert (c.loss.patch_weight, c.loss.struc_weight, c.loss.adv_weight) == (1.0, 0.0, 0.0)
+    assert (c.projector.kind, c.projector.kernel_size, c.loss.encoder_norm) == ("conv", 3, "zscore")
+    c = sit_b.get_config("sara_irepa")
+    assert (c.loss.patch_weight, c.loss.struc_weight, c.loss.adv_weight) == (0.5, 0.5, 0.05)
+    assert (c.projector.kind, c.loss.zscore_alpha) == ("conv", 0.6)
+    # The defaults stay REPA's projection; a subset of terms leaves the fields as they are.
+    c = base_config()
+    assert (c.projector.kind, c.loss.encoder_norm) == ("mlp", "none")
+    c.projector.kind = "conv"
+    set_alignment(c, "patch,struc")
+    assert c.projector.kind == "conv"
+    with pytest.raises(ValueError, match="or a method: sara, repa, none, irepa, sara_irepa"):
+        set_alignment(c, "irepaa")
+
+
 @pytest.mark.parametrize(
     "module,arg,message",
     [

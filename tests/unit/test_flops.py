@@ -23,7 +23,7 @@ from sara_jax.encoders.registry import ENCODERS
 from sara_jax.models.clip_vit import ClipVisionTransformer
 from sara_jax.models.dinov2 import DinoV2
 from sara_jax.models.discriminator import Discriminator
-from sara_jax.models.projector import Projector
+from sara_jax.models.projector import ConvProjector, Projector
 from sara_jax.models.sit import SiT
 from sara_jax.training import flops
 from sara_jax.training.state import build_models
@@ -148,6 +148,22 @@ def test_projector_matches_xla():
     params = projector.init(jax.random.key(0), h)
     analytic = flops.projector_forward(projector, 16, 192)
     check_count(analytic, lambda p, x: projector.apply(p, x), params, h)
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_conv_projector_matches_the_traced_program(kernel_size):
+    projector = ConvProjector(kernel_size=kernel_size, z_dim=128)
+    h = jnp.zeros((BATCH, 16, 192))
+    params = projector.init(jax.random.key(0), h)
+    analytic = flops.projector_forward(projector, 16, 192)
+    assert analytic == 2 * 16 * kernel_size**2 * 192 * 128
+    forward = lambda p, x: projector.apply(p, x)  # noqa: E731
+    assert traced_flops(forward, params, h) / BATCH == pytest.approx(analytic, rel=1e-9)
+    # XLA skips the taps on the zero padding of the 4 x 4 grid (36 of 144 taps land inside
+    # for k = 3), as for D.
+    xla = xla_flops(forward, params, h) / BATCH
+    low = 0.5 if kernel_size > 1 else 1.0
+    assert low * analytic <= xla <= 1.1 * analytic, (xla, analytic)
 
 
 @pytest.mark.parametrize("tokens, use_maxpool", [(64, False), (81, True)])

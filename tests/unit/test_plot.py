@@ -37,7 +37,10 @@ def test_the_evaluation_metrics_a_run_logged_are_drawn_by_default(tmp_path):
             "loss": (np.arange(1, 601), np.linspace(1, 0.2, 600)),
             "fd": (steps, np.array([6.6, 0.33])),
             "class_acc": (steps, np.array([0.8, 1.0])),
+            "spatial/h_den/lds": (steps, np.array([0.1, 0.3])),
+            "struc_gap/z_den": (steps, np.array([0.5, 0.4])),
         }
     }
     drawn = plot.plot_runs(runs, list(plot.TITLES), tmp_path)
-    assert [p.name for p in drawn] == ["loss.png", "fd.png", "class_acc.png", "curves.png"]
+    names = ["loss", "fd", "class_acc", "spatial_h_den_lds", "struc_gap_z_den", "curves"]
+    assert [p.name for p in drawn] == [f"{name}.png" for name in names]

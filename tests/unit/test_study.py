@@ -11,6 +11,7 @@ from absl import app
 
 from configs import demo
 from sara_jax import study as study_command
+from sara_jax.config import validate
 from sara_jax.evaluation import study
 from sara_jax.io import files, preemption
 from sara_jax.io.events import read_scalars
@@ -66,6 +67,9 @@ def test_aggregation_of_event_files_gives_mean_spread_and_speedups(tmp_path):
     assert (repa["threshold"], repa["baseline_steps"], repa["method_steps"]) == (4, 400, 200)
     # Seed 0 crosses 4 half-way from 5 (step 200) to 3 (step 300); seed 1 at 4/5 of 8 -> 3.
     assert repa["ratio"] == 2.0 and repa["method_steps_per_seed"] == [250, 180]
+    # Both SiT seeds need 400: 185 steps faster, standard error sqrt(0 / 2 + 2450 / 2) = 35.
+    assert repa["baseline_steps_per_seed"] == [400, 400]
+    assert repa["difference"] == {"steps": 185.0, "se": 35.0, "exceeds_spread": True}
     sara = rows["repa", "sara", "baseline final"]
     assert (sara["threshold"], sara["method_steps"], sara["ratio"]) == (2, 200, 2.0)
     # fd 6: SiT's mean at step 300, REPA's half-way from 8 to 4, SARA's from its first step.
@@ -80,6 +84,25 @@ def test_aggregation_of_event_files_gives_mean_spread_and_speedups(tmp_path):
     assert "| fd | 2 (baseline final) | REPA | SARA | 400 | 200 | 200, 200 | 2.00x |" in table
     written = study.plot(summary, tmp_path / "out")
     assert [p.name for p in written] == ["fd.png"] and written[0].stat().st_size > 0
+
+
+def test_a_difference_counts_only_beyond_two_standard_errors_of_the_seeds():
+    # Means 300 and 260: 40 apart; s.e. sqrt(100^2 / 3 + 100^2 / 3) = 81.6, so not beyond.
+    wide = study.seed_difference([200, 300, 400], [160, 260, 360])
+    assert wide["steps"] == 40 and not wide["exceeds_spread"]
+    np.testing.assert_allclose(wide["se"], np.sqrt(2 / 3) * 100)
+    narrow = study.seed_difference([299, 300, 301], [259, 260, 261])  # s.e. 0.82
+    assert narrow["exceeds_spread"]
+    # Unreached by a seed, or one seed: no verdict.
+    assert study.seed_difference([200, None], [100, 120]) is None
+    assert study.seed_difference([200], [100]) is None
+
+
+def test_the_study_compares_irepa_with_the_methods_it_changes():
+    methods = ["none", "repa", "sara", "irepa", "sara_irepa"]
+    assert study.default_pairs(methods) == list(study.PAIRS)
+    assert study.default_pairs(["none", "repa", "sara"]) == [("none", "repa"), ("repa", "sara")]
+    assert study.label("sara_irepa") == "SARA+iREPA" and study.label("irepa") == "iREPA"
 
 
 def test_higher_is_better_metrics_and_unreached_thresholds():
@@ -125,6 +148,26 @@ def test_a_probe_arm_overrides_config_fields_after_the_paper_weights():
         study_command.arm_config(base, "sara+model.depth=deep", 0)
     with pytest.raises(app.UsageError, match="names no alignment terms"):
         study_command.arm_config(base, "loss.struc_weight=0.1", 0)
+
+
+def test_irepa_methods_bring_their_fields_and_a_probe_overrides_them():
+    base = demo.get_config()
+    irepa = study_command.arm_config(base, "irepa", 0)
+    assert (irepa.loss.patch_weight, irepa.loss.struc_weight, irepa.loss.adv_weight) == (1.0, 0, 0)
+    assert (irepa.projector.kind, irepa.projector.kernel_size) == ("conv", 3)
+    assert (irepa.loss.encoder_norm, irepa.loss.zscore_alpha) == ("zscore", 0.6)
+    both = study_command.arm_config(base, "sara_irepa+projector.kernel_size=1", 1)
+    assert (both.loss.patch_weight, both.loss.struc_weight, both.loss.adv_weight) == (
+        0.5,
+        0.5,
+        0.05,
+    )
+    assert (both.projector.kind, both.projector.kernel_size, both.seed) == ("conv", 1, 1)
+    assert both.loss.encoder_norm_terms == "all"
+    assert study_command.arm_config(base, "repa", 0).projector.kind == "mlp"
+    assert study_command.alignment_terms("sara_irepa") == "patch,struc,adv"
+    for method in ("none", "repa", "sara", "irepa", "sara_irepa"):
+        validate(study_command.arm_config(base, method, 0))
 
 
 def test_a_preempted_arm_is_not_marked_finished_and_a_finished_one_is_skipped(

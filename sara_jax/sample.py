@@ -1,7 +1,8 @@
 """Samples from a trained model for evaluation: `python -m sara_jax.sample --config=...
---workdir=RUN` writes RUN/samples_<step>_<method><steps>_cfg<scale>_<digest>/samples.npz (ADM
-layout: uint8 NHWC `arr_0`, labels `arr_1`, and `record`: the settings that drew it) and a PNG
-grid of the first 64.
+--workdir=RUN` (the newest good checkpoint; `--step=K` another) writes
+RUN/samples_<step>_<method><steps>_cfg<scale>_<digest>/samples.npz (ADM layout: uint8 NHWC
+`arr_0`, labels `arr_1`, and `record`: the settings that drew it) and a PNG grid of the first
+64.
 
 Sample i is a function of (sample.seed, i) and the checkpoint's params alone: its label
 (uniform or i % classes), its noise and its SDE noise. The directory is named after every
@@ -29,11 +30,20 @@ from sara_jax.sampling import sample_set
 def main(argv: list[str]) -> None:
     config = cli.start(argv)  # First: the process count decides who takes SIGTERM.
     with preemption.exits_cleanly("sampling"):
-        sample_set.sample_set(config, flags.FLAGS.workdir, jax.process_index(), jax.process_count())
+        sample_set.sample_set(
+            config,
+            flags.FLAGS.workdir,
+            jax.process_index(),
+            jax.process_count(),
+            step=flags.FLAGS.step or None,
+        )
 
 
 if __name__ == "__main__":
     cli.define_flags()
     flags.DEFINE_string("workdir", None, "The training run's workdir (its checkpoints/).")
+    flags.DEFINE_integer(
+        "step", 0, "The checkpoint step to sample (0: the newest good one), e.g. for a curve."
+    )
     flags.mark_flags_as_required(["workdir"])
     cli.run(main)

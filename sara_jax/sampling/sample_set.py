@@ -282,17 +282,21 @@ def read_record(arrays: dict[str, np.ndarray], name: str) -> dict[str, Any]:
 
 
 def sample_set(
-    config: ml_collections.ConfigDict, workdir: str, process_index: int, process_count: int
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    process_index: int,
+    process_count: int,
+    step: int | None = None,
 ) -> epath.Path | None:
     """Draws the indices missing from this process's cells of the set `config` defines at the
-    workdir's latest checkpoint; returns its samples.npz (`assemble`) once every index of
-    [0, sample.num_samples) is saved.
+    workdir's newest good checkpoint (or at checkpoint `step`); returns its samples.npz
+    (`assemble`) once every index of [0, sample.num_samples) is saved.
 
     Raises `preemption.Preempted` at a safe point after SIGTERM (see the module docstring),
     with every chunk drawn so far saved.
     """
     s = config.sample
-    params, step = restore_params(config, workdir, s.use_ema)
+    params, step = restore_params(config, workdir, s.use_ema, step)
     settings = set_settings(config, step)
     out = files.resolve(workdir) / set_name(settings)
     existed = open_set(out, settings)

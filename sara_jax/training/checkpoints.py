@@ -85,6 +85,7 @@ def restore_good(
     abstract: PyTree,
     extra: Callable[[epath.Path], dict[str, ocp.args.CheckpointArgs]] = lambda _: {},
     move_bad_to: epath.Path | None = None,
+    step: int | None = None,
 ) -> tuple[int, Any] | None:
     """The newest step of `manager` that reads and verifies, as (step, restored Composite).
 
@@ -92,24 +93,32 @@ def restore_good(
       abstract: the TrainState's shapes, dtypes and shardings (restored as `state`).
       extra: step directory -> more items to restore with it (e.g. the data iterator).
       move_bad_to: where bad steps are moved (training); None leaves them in place.
+      step: that step only (sampling an earlier checkpoint), not the newest good one.
     Returns:
       None when `manager` holds no step.
     Raises:
-      InputError: every step is bad; the message lists each with its reason.
+      InputError: every step tried is bad; the message lists each with its reason. Or `step`
+        is not among the manager's steps, which it lists.
     """
     steps = sorted(manager.all_steps(), reverse=True)
+    if step is not None and steps:
+        if step not in steps:
+            listed = ", ".join(map(str, sorted(steps)))
+            where = manager.directory
+            raise InputError(f"no checkpoint step {step} under {where}; it holds {listed}")
+        steps = [step]
     quiet_abandoned_reads()  # Before: a bad step's reads start dying before its error returns.
     bad = []
-    for step in steps:
+    for tried in steps:
         step_dir = ocp.step.find_step_path(
-            manager.directory, ocp.step.standard_name_format(), step=step
+            manager.directory, ocp.step.standard_name_format(), step=tried
         )
         items = {"state": ocp.args.StandardRestore(abstract), **extra(step_dir)}
         has_digest = (step_dir / ITEM).exists()
         if has_digest:
             items[ITEM] = ocp.args.JsonRestore()
         try:
-            restored = manager.restore(step, args=ocp.args.Composite(**items))
+            restored = manager.restore(tried, args=ocp.args.Composite(**items))
             reason = _mismatch(restored.state, restored[ITEM]) if has_digest else None
         except Exception as err:  # noqa: BLE001 - any failure to read makes the step bad.
             restored, reason = None, f"unreadable ({type(err).__name__}: {_first_line(err)})"
@@ -120,8 +129,8 @@ def restore_good(
                     step_dir,
                 )
             if bad:
-                logging.warning("using step %d, the newest good one", step)
-            return step, restored
+                logging.warning("using step %d, the newest good one", tried)
+            return tried, restored
         logging.error("checkpoint %s is bad: %s; skipping it", step_dir, reason)
         bad.append(f"{step_dir}: {reason}")
         if move_bad_to is not None:

@@ -143,10 +143,10 @@ def config_train_state(config: ml_collections.ConfigDict, key: jax.Array) -> Tra
 
 
 def restore_params(
-    config: ml_collections.ConfigDict, workdir: str, ema: bool
+    config: ml_collections.ConfigDict, workdir: str, ema: bool, step: int | None = None
 ) -> tuple[PyTree, int]:
     """{"sit", "projector"} params (the EMA ones if `ema`) of workdir's newest good checkpoint
-    (`checkpoints.restore_good`), and its step."""
+    (`checkpoints.restore_good`), or of checkpoint `step` if given, and its step."""
     directory = files.resolve(workdir) / "checkpoints"
     # Restored onto this process's first device, whatever mesh saved it: a sampling job may run
     # on another topology than the training run did.
@@ -158,8 +158,8 @@ def restore_params(
     # CheckpointManager would create a missing directory; a wrong --workdir must not.
     found = None
     if directory.is_dir():
-        found = checkpoints.restore_good(ocp.CheckpointManager(directory), abstract)
+        found = checkpoints.restore_good(ocp.CheckpointManager(directory), abstract, step=step)
     if found is None:
         raise MissingInput(f"--workdir={workdir!r}: no checkpoint under {directory}")
-    step, restored = found
-    return (restored.state.ema_params if ema else restored.state.params), step
+    restored_step, restored = found
+    return (restored.state.ema_params if ema else restored.state.params), restored_step

@@ -110,6 +110,25 @@ def test_other_sampler_settings_draw_another_set_and_leave_the_first(drawn, trai
     assert not np.array_equal(drawn_again["arr_0"], files.read_npz(out / "samples.npz")["arr_0"])
 
 
+def test_an_earlier_step_is_sampled_on_request_as_it_was_then(drawn, trained, tmp_path):
+    """--step=2 after training on to step 4: the set step 2 drew before, bit for bit (a
+    curve's earlier points can be drawn after the run); a step not saved is one line."""
+    out, full = drawn
+    workdir = tmp_path / "later"
+    shutil.copytree(trained / "run", workdir / "run")
+    shutil.rmtree(workdir / "run" / out.name)
+    resumed = run_main(workdir, "--config.train.num_steps=4", "--config.train.checkpoint_every=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = run_sample(workdir, *SAMPLE_FLAGS, "--step=2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert the_set(workdir, "samples_2_sde3_cfg1.5").name == out.name
+    redrawn = files.read_npz(workdir / "run" / out.name / "samples.npz")
+    np.testing.assert_array_equal(redrawn["arr_0"], full["arr_0"])
+    missing = run_sample(workdir, *SAMPLE_FLAGS, "--step=3")
+    assert missing.returncode == 2
+    assert "no checkpoint step 3 under" in missing.stderr.strip().splitlines()[-1]
+
+
 def test_missing_checkpoint_is_named(tmp_path):
     result = run_sample(tmp_path, *SAMPLE_FLAGS)
     assert result.returncode != 0

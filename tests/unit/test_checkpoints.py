@@ -28,10 +28,10 @@ def save_steps(directory, steps):
         manager.wait_until_finished()
 
 
-def restore(directory, move_bad_to=None):
+def restore(directory, move_bad_to=None, step=None):
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_at(0))
     with ocp.CheckpointManager(directory) as manager:
-        return checkpoints.restore_good(manager, abstract, move_bad_to=move_bad_to)
+        return checkpoints.restore_good(manager, abstract, move_bad_to=move_bad_to, step=step)
 
 
 def largest_file(step_dir):
@@ -92,6 +92,19 @@ def test_a_damaged_latest_step_is_named_skipped_and_moved_aside(tmp_path, caplog
     assert not (tmp_path / "ckpt" / "2").exists() and (tmp_path / "bad" / "2" / "state").is_dir()
     save_steps(tmp_path / "ckpt", [2])
     assert restore(tmp_path / "ckpt")[0] == 2
+
+
+def test_a_chosen_step_is_restored_and_never_another(tmp_path):
+    save_steps(tmp_path / "ckpt", [1, 2, 3])
+    step, restored = restore(tmp_path / "ckpt", step=2)
+    assert step == 2
+    np.testing.assert_array_equal(restored.state["params"]["w"], state_at(2)["params"]["w"])
+    with pytest.raises(InputError, match="no checkpoint step 5 under .*; it holds 1, 2, 3"):
+        restore(tmp_path / "ckpt", step=5)
+    # A bad chosen step is an error, not a silent fallback to a neighbour.
+    flip_bytes(largest_file(tmp_path / "ckpt" / "1"))
+    with pytest.raises(InputError, match="no good checkpoint"):
+        restore(tmp_path / "ckpt", step=1)
 
 
 def test_skipping_without_moving_leaves_the_bad_step(tmp_path):

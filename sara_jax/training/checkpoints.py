@@ -152,10 +152,10 @@ def quiet_abandoned_reads() -> None:
     sys.unraisablehook, each pending read coroutine its TensorStore error ("Exception ignored
     in: <coroutine ...>" with the whole store spec) and each TensorStore callback that finds
     asyncio's loop closed ("RuntimeError: Event loop is closed"); and through asyncio's logger,
-    each read task or gather whose error nobody awaited ("Task exception was never retrieved",
-    when the loop is still open). One truncated file gave 23,000 lines of them. Only those are
-    diverted; any other report goes where it went. Installed once, for the rest of the
-    process: the reports also come after the restore returns."""
+    each read task, gather or future whose error nobody awaited ("Task/Future exception was
+    never retrieved", when the loop is still open). One truncated file gave 23,000 lines of
+    them. Only those are diverted; any other report goes where it went. Installed once, for
+    the rest of the process: the reports also come after the restore returns."""
     if getattr(sys.unraisablehook, "_sara_jax", False):
         return
     # Bound now: the reports may come while the interpreter shuts down and module globals are
@@ -184,9 +184,13 @@ def quiet_abandoned_reads() -> None:
             vlog(1, "abandoned checkpoint read: %s", first_line(report.exc_value))
 
     def unretrieved(record: std_logging.LogRecord) -> bool:
-        """False (dropped, after a -v 1 line) for asyncio's report of an orbax read's error."""
+        """False (dropped, after a -v 1 line) for asyncio's report of a checkpoint read's error:
+        one raised through orbax's code, or one TensorStore set on a future directly (no Python
+        frames), which names the OCDBT store it failed to read."""
         err = record.exc_info[1] if record.exc_info else None
-        if err is None or "never retrieved" not in str(record.msg) or not _raised_in_orbax(err):
+        if err is None or "never retrieved" not in str(record.msg):
+            return True
+        if not (_raised_in_orbax(err) or _names_a_store(err)):
             return True
         with suppress(Exception):
             vlog(1, "abandoned checkpoint read: %s", first_line(err))
@@ -195,6 +199,11 @@ def quiet_abandoned_reads() -> None:
     quiet._sara_jax = True
     sys.unraisablehook = quiet
     std_logging.getLogger("asyncio").addFilter(unretrieved)
+
+
+def _names_a_store(err: BaseException) -> bool:
+    """Whether `err` is TensorStore's error reading a checkpoint's OCDBT store."""
+    return "in OCDBT database at" in str(err)
 
 
 def _raised_in_orbax(err: BaseException) -> bool:

@@ -22,11 +22,7 @@ from absl import flags, logging
 
 from sara_jax.data.pipeline import make_source
 from sara_jax.encoders.load import load_encoder
-from sara_jax.evaluation.representations import (
-    alignment_metrics,
-    make_representations,
-    probe_batch,
-)
+from sara_jax.evaluation.representations import alignment_metrics, make_probe
 from sara_jax.io import cli, files
 from sara_jax.io.errors import InputError
 from sara_jax.objective import losses
@@ -107,11 +103,8 @@ def representations(
         raise InputError(f"--num_images must be in [1, {len(source)}], got {num_images}")
     encoder = load_encoder(config, source)
     models = build_models(config, encoder.z_dim)
-    side = config.model.input_size // config.model.patch_size
-    batch = probe_batch(source, num_images, side)
-    foreground = batch.pop("foreground", None)
-    forward = make_representations(config, models, encoder.features, num_images, t)
-    out = forward(params, encoder.params, batch)
+    probe, foreground = make_probe(config, models, encoder, source, num_images, t)
+    out = probe(params)
     return {name: np.asarray(x, np.float32) for name, x in out.items()}, foreground, step
 
 

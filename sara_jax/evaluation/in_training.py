@@ -26,11 +26,7 @@ from jax.experimental import multihost_utils
 
 from sara_jax.encoders.load import Encoder
 from sara_jax.evaluation import metrics, shapes
-from sara_jax.evaluation.representations import (
-    alignment_metrics,
-    make_representations,
-    probe_batch,
-)
+from sara_jax.evaluation.representations import alignment_metrics, make_probe
 from sara_jax.io import preemption
 from sara_jax.models.trained import Models
 from sara_jax.sampling.sample_set import make_chunk_sampler
@@ -149,14 +145,10 @@ def make_structure_monitor(
     """
     e = config.eval
     count = min(e.spatial_images, len(source))
-    side = config.model.input_size // config.model.patch_size
-    batch = probe_batch(source, count, side)
-    foreground = batch.pop("foreground", None)
-    forward = make_representations(config, models, encoder.features, count, e.spatial_t)
+    probe, foreground = make_probe(config, models, encoder, source, count, e.spatial_t)
 
     def measure(params: PyTree) -> dict[str, float]:
-        reps = forward(params, encoder.params, batch)
-        return alignment_metrics(reps, foreground, config.loss.struc_reduction)
+        return alignment_metrics(probe(params), foreground, config.loss.struc_reduction)
 
     return measure
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from sara_jax.encoders.load import Encoder
 from sara_jax.evaluation import spatial
 from sara_jax.models.trained import Models
 from sara_jax.objective import losses
@@ -78,6 +79,24 @@ def make_representations(
         return {"z_enc": as_f32(z_enc), "z_den": as_f32(z_den), "h_den": as_f32(h_den)}
 
     return representations
+
+
+def make_probe(
+    config: ml_collections.ConfigDict,
+    models: Models,
+    encoder: Encoder,
+    source: Sequence[dict],
+    count: int,
+    t: float,
+) -> tuple[Callable[[PyTree], dict[str, jax.Array]], np.ndarray | None]:
+    """`params -> {"z_enc", "z_den", "h_den"}` of the first `count` records of `source` at time
+    t (`make_representations` on `probe_batch`), and their foreground token masks (count, N),
+    None where the data has none."""
+    side = config.model.input_size // config.model.patch_size
+    batch = probe_batch(source, count, side)
+    foreground = batch.pop("foreground", None)
+    forward = make_representations(config, models, encoder.features, count, t)
+    return (lambda params: forward(params, encoder.params, batch)), foreground
 
 
 def alignment_metrics(

@@ -12,7 +12,6 @@ machine and caches it (`files.cached_tree`), and the log says which happened.
 """
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,7 +68,7 @@ def pin(cached: Path, what: str, command: str, info: dict[str, Any]) -> Path:
             "one: delete it first if it is really to be replaced"
         )
     FOLDER.mkdir(exist_ok=True)
-    shutil.copyfile(cached, target)
+    files.write_bytes(target, cached.read_bytes())  # Atomically, as every cache file.
     entries = manifest()
     entries[cached.name] = {"what": what, "sha256": digest, "command": command, **info}
     files.write_json(MANIFEST, dict(sorted(entries.items())))

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from sara_jax.io.events import Scalars
 
-# Whether a metric improves downwards; metrics not listed are taken as lower-is-better.
+# Whether a metric improves upwards; a score not listed here improves downwards.
 HIGHER_IS_BETTER = {"class_acc", "is", "precision", "recall"}
 LABELS = {
     "none": "SiT",
@@ -27,6 +27,25 @@ LABELS = {
     "irepa": "iREPA",
     "sara_irepa": "SARA+iREPA",
 }
+
+
+def sense(metric: str) -> tuple[bool | None, str]:
+    """Which way `metric` improves (True: upwards, False: downwards, None: it describes the
+    representations and improves in no fixed direction) and how tables and plots say so.
+
+    The spatial metrics (`spatial/<tokens>/<lds|cds|srss|rmsc>`) describe: whether more local
+    structure than the encoder's is better is the question the study asks of them, so they get
+    curves and tables but no thresholds or speed-ups. `struc_gap/*` is L_struc's measure of the
+    distance to the encoder's structure, a target: lower is closer.
+    """
+    if metric.startswith("spatial/"):
+        if metric.endswith("/rmsc"):
+            return None, "token spread; no better direction"
+        return None, "higher = more spatial structure; no better direction"
+    if metric.startswith("struc_gap/"):
+        return False, "lower = closer to the encoder's structure"
+    higher = metric in HIGHER_IS_BETTER
+    return higher, f"{'higher' if higher else 'lower'} is better"
 
 
 def label(method: str) -> str:
@@ -148,13 +167,17 @@ def aggregate(
     }
     rows, speedups = [], []
     for metric, value in thresholds:
-        higher = metric in HIGHER_IS_BETTER
+        higher, words = sense(metric)
+        if higher is None:
+            raise ValueError(f"threshold on {metric}: it has no better direction ({words})")
         for method, c in curves.get(metric, {}).items():
             rows.append(
                 {"metric": metric, "threshold": value, "method": method, **reach(c, value, higher)}
             )
     for metric, by_method in curves.items():
-        higher = metric in HIGHER_IS_BETTER
+        higher, _ = sense(metric)
+        if higher is None:
+            continue
         for baseline, method in pairs:
             if baseline not in by_method or method not in by_method:
                 continue
@@ -199,8 +222,7 @@ def markdown(summary: dict[str, Any], table_steps: Sequence[int] | None = None) 
             continue
         logged = sorted({s for c in by_method.values() for s in c["steps"]})
         steps = [s for s in (table_steps or logged) if s in logged]
-        better = "higher" if metric in HIGHER_IS_BETTER else "lower"
-        lines += [f"### {metric} ({better} is better; mean +- std over seeds)", ""]
+        lines += [f"### {metric} ({sense(metric)[1]}; mean +- std over seeds)", ""]
         lines.append("| method | seeds | " + " | ".join(f"step {s}" for s in steps) + " |")
         lines.append("| --- | --- |" + " --- |" * len(steps))
         for method, c in by_method.items():
@@ -291,8 +313,7 @@ def plot(summary: dict[str, Any], out: Path) -> list[Path]:
                 label=f"{label(method)} (n={len(c['seeds'])})",
             )
             ax.fill_between(steps, mean - std, mean + std, color=f"C{i}", alpha=0.2)
-        better = "higher" if metric in HIGHER_IS_BETTER else "lower"
-        ax.set_title(f"{metric} ({better} is better)")
+        ax.set_title(f"{metric} ({sense(metric)[1]})")
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
         fig.legend(loc="outside lower center", ncols=columns, fontsize="small")

@@ -116,6 +116,29 @@ def test_higher_is_better_metrics_and_unreached_thresholds():
     assert "not reached" in study.markdown(study.aggregate(runs, ["class_acc"]))
 
 
+def test_spatial_metrics_are_tabled_without_a_direction_and_the_gap_falls():
+    # LDS falls with training here; a direction would turn that into a "speed-up" either way.
+    runs = {
+        m: {
+            0: {
+                tag: (np.array([1, 2]), np.array(v))
+                for tag in ("spatial/h_den/lds", "struc_gap/h_den")
+            }
+        }
+        for m, v in {"none": [0.2, 0.1], "repa": [0.1, 0.05]}.items()
+    }
+    summary = study.aggregate(runs, ["spatial/h_den/lds", "struc_gap/h_den"])
+    (row,) = summary["speedups"]
+    assert row["metric"] == "struc_gap/h_den" and row["ratio"] == 2 / 1
+    table = study.markdown(summary)
+    assert "### spatial/h_den/lds (higher = more spatial structure; no better direction;" in table
+    assert "### struc_gap/h_den (lower = closer to the encoder's structure;" in table
+    with pytest.raises(ValueError, match="spatial/h_den/lds: it has no better direction"):
+        study.aggregate(runs, ["spatial/h_den/lds"], thresholds=[("spatial/h_den/lds", 0.1)])
+    with pytest.raises(app.UsageError, match="spatial/z_den/cds has no better direction"):
+        study_command.thresholds(["spatial/z_den/cds:0.01"])
+
+
 def test_thresholds_parse_metric_value_and_name_a_bad_entry():
     assert study_command.thresholds(["class_acc:0.4", "fd:20"]) == [("class_acc", 0.4), ("fd", 20)]
     for bad in ["class_acc", "class_acc:high", ":0.4"]:

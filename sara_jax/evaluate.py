@@ -30,22 +30,38 @@ from absl import app, flags, logging
 from sara_jax.evaluation import inception, metrics, shapes
 from sara_jax.io import cli
 from sara_jax.io.errors import InputError, MissingInput
-from sara_jax.io.files import write_json
+from sara_jax.io.files import write_json, write_npz
 from sara_jax.sampling import sample_set
 
 PyTree = Any
 
 
 def evaluate(
-    samples: np.ndarray, reference: dict, featurize, split_size: int = 5000
+    samples: np.ndarray,
+    reference: dict,
+    featurize,
+    split_size: int = 5000,
+    reference_out: Path | None = None,
 ) -> dict[str, float | None]:
-    """The metrics of uint8 `samples` (N, H, W, 3) against a `metrics.load_reference` dict."""
+    """The metrics of uint8 `samples` (N, H, W, 3) against a `metrics.load_reference` dict;
+    with `reference_out`, the reference statistics used are also written there in ADM's layout
+    (`mu`, `sigma`, `mu_s`, `sigma_s`), so that later sets are scored against them without
+    featurising the reference again (a curve of many sets against one reference)."""
     fake = featurize(samples)
     real = featurize(reference["images"]) if "images" in reference else None
     if real is None and not {"fid", "sfid"} <= reference.keys():
         raise InputError("the reference has neither both statistics nor images")
     ref_fid = reference.get("fid") or metrics.feature_stats(real["pool3"])
     ref_sfid = reference.get("sfid") or metrics.feature_stats(real["spatial"])
+    if reference_out is not None:
+        write_npz(
+            reference_out,
+            mu=ref_fid.mu,
+            sigma=ref_fid.sigma,
+            mu_s=ref_sfid.mu,
+            sigma_s=ref_sfid.sigma,
+        )
+        logging.info("wrote the reference statistics to %s", reference_out)
     precision = recall = None
     if real is None:
         logging.warning("the reference has no images: precision and recall are not computed")
@@ -151,7 +167,8 @@ def main(argv: list[str]) -> None:
             raise InputError("--reference: a reference batch .npz is needed for FID")
         model, variables = load_inception(f.inception, "--inception")
         featurize = inception.make_featurizer(model, variables, f.batch_size, f.preprocessing)
-        results |= evaluate(samples, reference, featurize)
+        reference_out = Path(f.reference_out) if f.reference_out else None
+        results |= evaluate(samples, reference, featurize, reference_out=reference_out)
     out = Path(f.out) if f.out else samples_path.with_name("metrics.json")
     provenance = {
         "samples": f.samples,
@@ -173,6 +190,13 @@ if __name__ == "__main__":
         "",
         "Reference .npz: statistics and/or images; for a shapes set, empty: the shapes data's "
         "own training images, as many as samples.",
+    )
+    flags.DEFINE_string(
+        "reference_out",
+        "",
+        "Also write the reference's FID and sFID statistics here (ADM's .npz layout), to pass "
+        "as --reference when scoring more sets against the same reference (without images: "
+        "no precision and recall then).",
     )
     flags.DEFINE_string(
         "inception",

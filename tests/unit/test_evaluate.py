@@ -38,7 +38,7 @@ def test_featurizer_gives_pool3_bias_free_logits_and_spatial_features():
     np.testing.assert_allclose(featurize(images[:1])["pool3"], out["pool3"][:1], rtol=1e-5)
 
 
-def test_a_set_against_itself(monkeypatch):
+def test_a_set_against_itself(monkeypatch, tmp_path):
     monkeypatch.setattr(metrics.linalg, "sqrtm", symmetric_sqrtm)
     images = np.random.default_rng(2).integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)
     results = evaluate.evaluate(images, {"images": images}, fake_featurize, split_size=10)
@@ -60,6 +60,13 @@ def test_a_set_against_itself(monkeypatch):
     }
     results = evaluate.evaluate(images, stats, fake_featurize, split_size=10)
     assert abs(results["fid"]) < 1e-6 * scale and results["precision"] is None
+
+    # The statistics a reference gave, written once, score another set as its images did.
+    saved = tmp_path / "reference.npz"
+    from_images = evaluate.evaluate(other, {"images": images}, fake_featurize, 10, saved)
+    from_file = evaluate.evaluate(other, metrics.load_reference(str(saved)), fake_featurize, 10)
+    assert from_file["fid"] == from_images["fid"] and from_file["sfid"] == from_images["sfid"]
+    assert from_file["precision"] is None
 
     with pytest.raises(ValueError, match="neither both statistics nor images"):
         evaluate.evaluate(images, {"fid": stats["fid"]}, fake_featurize)

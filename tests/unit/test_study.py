@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from absl import app
 
-from configs import demo
+from configs import demo, shapes_study
 from sara_jax import study as study_command
 from sara_jax.config import validate
 from sara_jax.evaluation import study
@@ -144,6 +144,14 @@ def test_thresholds_parse_metric_value_and_name_a_bad_entry():
     for bad in ["class_acc", "class_acc:high", ":0.4"]:
         with pytest.raises(app.UsageError, match=f"entry '{bad}' must be metric:value"):
             study_command.thresholds([bad])
+
+
+def test_an_arm_config_is_the_study_config_of_its_method():
+    # What `sample --config=configs/shapes_study.py:<method>` draws from an arm's checkpoints.
+    for method in shapes_study.VARIANTS:
+        expected = shapes_study.get_config(method)
+        expected.seed = 3
+        assert study_command.arm_config(shapes_study.get_config(), method, 3) == expected
 
 
 def test_arms_are_the_grid_then_the_extra_ones_without_repeats():

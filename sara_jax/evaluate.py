@@ -15,11 +15,16 @@ channels of mixed_6/conv for sFID, and pool3 times the logit weights without the
 stored statistics are used when present; its images (`arr_0`) are featurised when a statistic
 is missing and for precision/recall.
 
+`--log_scalars` also logs the metrics at the set's checkpoint step as TensorBoard scalars
+`evaluate/<metric>` in the set's directory, where the run's curves (plot, study) find them: a
+curve of sets drawn after training with `sample --step=K`.
+
 Shapes sets (the demo's data): `fd` and `class_acc` of the shapes evaluator, exactly as the
 in-training evaluation computes them, and the Inception metrics against the shapes data's own
 training images (as many as samples) when no --reference is given.
 """
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +36,11 @@ from sara_jax.evaluation import inception, metrics, shapes
 from sara_jax.io import cli
 from sara_jax.io.errors import InputError, MissingInput
 from sara_jax.io.files import write_json, write_npz
+from sara_jax.io.tensorboard import create_writer
 from sara_jax.sampling import sample_set
 
 PyTree = Any
+EVENTS = "events.out.tfevents.*"
 
 
 def evaluate(
@@ -126,6 +133,41 @@ def shapes_metrics(samples: np.ndarray, record: dict[str, Any]) -> dict[str, flo
     return shapes.scores(evaluator.featurize(samples), record["labels"], reference)
 
 
+def log_scalars(samples_path: Path, record: dict[str, Any], results: dict[str, Any]) -> None:
+    """Writes the metrics of `results` as TensorBoard scalars `evaluate/<metric>` at the set's
+    checkpoint step, in an event file in the set's directory. `read_scalars` of the run's
+    workdir reads its direct subdirectories, so the run's curves and `python -m sara_jax.study
+    --metrics=evaluate/fid` include sets scored after training (`sample --step=K`, then this).
+
+    One tag holds one curve: a set of the same run whose scalars are logged, drawn with other
+    settings than this one's (apart from the step), is refused in one line naming it.
+    """
+    own = dict(record["settings"])
+    step = own.pop("step")
+    for other in sorted(samples_path.parent.parent.glob("samples_*/set.json")):
+        if other.parent == samples_path.parent or not any(other.parent.glob(EVENTS)):
+            continue
+        theirs = dict(json.loads(other.read_text()).get("settings", {}))
+        theirs.pop("step", None)
+        differ = [k for k in sorted(own.keys() | theirs.keys()) if own.get(k) != theirs.get(k)]
+        if differ:
+            name = differ[0]
+            raise InputError(
+                f"--log_scalars: {other.parent} holds evaluate/ scalars of a set with {name}="
+                f"{json.dumps(theirs.get(name))}, this set has {json.dumps(own.get(name))}; one "
+                f"curve is of one set's settings: score without --log_scalars, or move its "
+                f"event file away"
+            )
+    numbers = {
+        f"evaluate/{name}": value
+        for name, value in results.items()
+        if isinstance(value, float) and name != "num_samples"
+    }
+    writer = create_writer(samples_path.parent, just_logging=False)
+    writer.write_scalars(step, numbers)
+    writer.close()
+
+
 def is_shapes_set(record: dict[str, Any] | None) -> bool:
     return record is not None and record.get("config", {}).get("data", {}).get("source") == "shapes"
 
@@ -140,6 +182,8 @@ def main(argv: list[str]) -> None:
     if not samples_path.is_file():
         raise MissingInput(f"--samples={f.samples!r}: no such file")
     # Read first, so a bad input file fails at once rather than after the weights load.
+    if f.log_scalars and f.unrecorded:
+        raise app.UsageError("--log_scalars: an --unrecorded set has no checkpoint step to log at")
     samples, record = load_set(f.samples, recorded=not f.unrecorded)
     shapes_set = is_shapes_set(record)
     wanted = set(f.metrics)
@@ -169,6 +213,8 @@ def main(argv: list[str]) -> None:
         featurize = inception.make_featurizer(model, variables, f.batch_size, f.preprocessing)
         reference_out = Path(f.reference_out) if f.reference_out else None
         results |= evaluate(samples, reference, featurize, reference_out=reference_out)
+    if f.log_scalars:
+        log_scalars(samples_path, record, results)
     out = Path(f.out) if f.out else samples_path.with_name("metrics.json")
     provenance = {
         "samples": f.samples,
@@ -215,6 +261,12 @@ if __name__ == "__main__":
         False,
         "Score a set without `python -m sara_jax.sample`'s record of its settings (drawn "
         "elsewhere); metrics.json then says so.",
+    )
+    flags.DEFINE_bool(
+        "log_scalars",
+        False,
+        "Also log the metrics as TensorBoard scalars evaluate/<metric> at the set's checkpoint "
+        "step, in the set's directory: the run's curves (plot, study) then include them.",
     )
     flags.DEFINE_string("out", None, "Metrics JSON (default: metrics.json beside the samples).")
     flags.DEFINE_integer("batch_size", 200, "Images per featurisation batch.")

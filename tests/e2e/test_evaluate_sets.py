@@ -4,6 +4,7 @@ logged; a set without its record is refused."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -80,3 +81,34 @@ def test_a_set_without_its_record_is_refused(drawn, tmp_path):
     assert result.returncode != 0
     assert f"--samples={bare}: no record of the settings that drew its samples" in result.stderr
     assert "--unrecorded scores a set drawn elsewhere" in result.stderr
+
+
+def test_scores_logged_at_the_sets_step_join_the_runs_curves(drawn, tmp_path):
+    workdir, path = drawn
+    result = run_evaluate(
+        f"--samples={path}", "--metrics=shapes", "--log_scalars", f"--out={tmp_path / 'm.json'}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    logged = read_scalars(str(workdir / "run"))  # The study and plot read curves this way.
+    for name in ("fd", "class_acc"):
+        steps, values = logged[f"evaluate/{name}"]
+        assert steps.tolist() == [2]
+        np.testing.assert_allclose(values, logged[name][1], rtol=1e-5, err_msg=name)
+
+    # Another set of the run, other settings, its scores logged: this one's are refused.
+    other = path.parent.with_name("samples_2_euler3_other")
+    other.mkdir()
+    try:
+        record = json.loads((path.parent / "set.json").read_text())
+        record["settings"]["sample.num_steps"] = 3
+        (other / "set.json").write_text(json.dumps(record))
+        (events,) = path.parent.glob("events.out.tfevents.*")
+        (other / events.name).write_bytes(events.read_bytes())
+        result = run_evaluate(f"--samples={path}", "--metrics=shapes", "--log_scalars")
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert (
+            f"--log_scalars: {other} holds evaluate/ scalars of a set with sample.num_steps=3, "
+            "this set has 2; one curve is of one set's settings"
+        ) in result.stderr.strip().splitlines()[-1]
+    finally:
+        shutil.rmtree(other)

@@ -145,6 +145,12 @@ def define_flags() -> None:
     flags.DEFINE_list(
         "thresholds", [], "metric:value thresholds to time every method to, e.g. class_acc:0.4."
     )
+    flags.DEFINE_list(
+        "predict_steps",
+        [],
+        "Early steps at which each metric's value is rank-correlated over arms with the steps "
+        "to each --thresholds value (does it predict the faster arms?), e.g. 100,200.",
+    )
     flags.DEFINE_bool("aggregate_only", False, "Run no arm; only aggregate.")
     flags.DEFINE_string("out", None, "Where the summary goes (default <workdir>/summary).")
     flags.mark_flags_as_required(["config", "workdir"])
@@ -169,6 +175,7 @@ def main(argv: list[str]) -> None:
         if workdir.exists():
             runs.setdefault(method, {})[seed] = read_scalars(str(workdir))
     summary = study.aggregate(runs, f.metrics, thresholds=chosen_thresholds)
+    summary["predictors"] = study.predictors(summary, [int(s) for s in f.predict_steps])
     summary["environments"] = {
         f"{method}/seed{seed}": json.loads(path.read_text())
         for method, seed in chosen

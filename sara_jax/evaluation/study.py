@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from scipy import stats
 
 from sara_jax.io.events import Scalars
 
@@ -209,6 +210,50 @@ def aggregate(
     return {"curves": curves, "reach": rows, "speedups": speedups}
 
 
+def predictors(summary: dict[str, Any], at_steps: Sequence[int]) -> list[dict[str, Any]]:
+    """Whether a metric early in training tells which arms reach a threshold first: the
+    Spearman rank correlation, over every arm (method, seed) that logged both, between the
+    metric's value at a step of `at_steps` and the arm's steps to each chosen threshold of
+    `summary["reach"]` (an arm that never reached it ranks last).
+
+    Returns: a row per metric, step and threshold with at least 3 arms: {"metric", "step",
+      "reach_metric", "threshold", "arms", "rho", "p"} (rho < 0: a higher value goes with
+      fewer steps; p: scipy's two-sided p-value for rho = 0, which assumes independent arms).
+    """
+    reached: dict[tuple[str, float], dict[tuple[str, int], float]] = {}
+    for r in summary["reach"]:
+        seeds = summary["curves"][r["metric"]][r["method"]]["seeds"]
+        arms = reached.setdefault((r["metric"], r["threshold"]), {})
+        for seed, steps in zip(seeds, r["per_seed"], strict=True):
+            arms[r["method"], seed] = np.inf if steps is None else steps
+    rows = []
+    for metric, by_method in summary["curves"].items():
+        for step in at_steps:
+            values = {
+                (method, seed): c["per_seed"][i][c["steps"].index(step)]
+                for method, c in by_method.items()
+                if step in c["steps"]
+                for i, seed in enumerate(c["seeds"])
+            }
+            for (reach_metric, threshold), arms in reached.items():
+                common = sorted(values.keys() & arms.keys())
+                if len(common) < 3:
+                    continue
+                rho, p = stats.spearmanr([values[a] for a in common], [arms[a] for a in common])
+                rows.append(
+                    {
+                        "metric": metric,
+                        "step": step,
+                        "reach_metric": reach_metric,
+                        "threshold": threshold,
+                        "arms": len(common),
+                        "rho": float(rho),
+                        "p": float(p),
+                    }
+                )
+    return rows
+
+
 def _steps(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
@@ -264,6 +309,21 @@ def markdown(summary: dict[str, Any], table_steps: Sequence[int] | None = None) 
                 f"| {r['metric']} | {threshold} | {label(r['baseline'])} | {label(r['method'])} "
                 f"| {_steps(r['baseline_steps'])} | {_steps(r['method_steps'])} "
                 f"| {per_seed} | {ratio} | {spread} | {beyond} |"
+            )
+        lines.append("")
+    if summary.get("predictors"):
+        lines += [
+            "### Early values as predictors: Spearman rank correlation over arms between a "
+            "metric at an early step and the steps to a threshold (rho < 0: higher value, "
+            "fewer steps; unreached ranks last)",
+            "",
+            "| metric | at step | steps to reach | arms | rho | p |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in summary["predictors"]:
+            lines.append(
+                f"| {r['metric']} | {r['step']} | {r['reach_metric']} {r['threshold']:.4g} "
+                f"| {r['arms']} | {r['rho']:+.2f} | {r['p']:.2g} |"
             )
         lines.append("")
     if summary.get("environments"):

@@ -50,6 +50,7 @@ def run_study(workdir: Path, cache: Path) -> subprocess.CompletedProcess:
         "--seeds=0",
         f"--extra_arms={PROBE}@0",
         "--thresholds=class_acc:0.05",
+        "--predict_steps=2",
         f"--metrics=fd,class_acc,{SPATIAL},struc_gap/z_den",
         *(f"--config.{k}={v}" for k, v in overrides.items()),
     ]
@@ -80,6 +81,7 @@ def test_the_study_command_runs_its_arms_once_and_writes_parseable_outputs(tmp_p
         for line in first.stderr.splitlines()
     )
     assert {r["method"] for r in summary["reach"]} == {"irepa", PROBE}
+    assert summary["predictors"] == []  # Two arms are too few to rank.
     table = (summary_dir / "study.md").read_text()
     assert "### fd" in table and f"### {SPATIAL}" in table and "### Where the arms ran" in table
     assert (summary_dir / "fd.png").stat().st_size > 0

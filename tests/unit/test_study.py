@@ -139,6 +139,38 @@ def test_spatial_metrics_are_tabled_without_a_direction_and_the_gap_falls():
         study_command.thresholds(["spatial/z_den/cds:0.01"])
 
 
+def test_early_values_are_rank_correlated_with_the_steps_to_a_threshold():
+    steps = np.array([100, 200, 300])
+    # Arms reach class_acc 0.5 at 300, 200, never, 100; LDS at step 100 in that order (rho +1),
+    # at step 200 in the reverse order (rho -1).
+    arms = {
+        ("none", 0): ([0.1, 0.2, 0.5], [0.3, 0.2]),
+        ("none", 1): ([0.1, 0.5, 0.6], [0.2, 0.3]),
+        ("repa", 0): ([0.1, 0.2, 0.3], [0.4, 0.1]),
+        ("repa", 1): ([0.5, 0.6, 0.7], [0.1, 0.4]),
+    }
+    runs = {}
+    for (method, seed), (acc, lds) in arms.items():
+        runs.setdefault(method, {})[seed] = {
+            "class_acc": (steps, np.array(acc)),
+            "spatial/h_den/lds": (steps[:2], np.array(lds)),
+        }
+    summary = study.aggregate(
+        runs, ["class_acc", "spatial/h_den/lds"], thresholds=[("class_acc", 0.5)]
+    )
+    rows = {(r["metric"], r["step"]): r for r in study.predictors(summary, [100, 200, 300])}
+    assert set(rows) == {(m, s) for m in ("class_acc", "spatial/h_den/lds") for s in (100, 200)} | {
+        ("class_acc", 300)
+    }
+    assert rows["spatial/h_den/lds", 100]["rho"] == pytest.approx(1.0)
+    assert rows["spatial/h_den/lds", 200]["rho"] == pytest.approx(-1.0)
+    assert rows["spatial/h_den/lds", 100]["arms"] == 4
+    # The threshold's own metric at step 300: 0.5, 0.6, 0.3, 0.7 against 300, 200, never, 100.
+    assert rows["class_acc", 300]["rho"] == pytest.approx(-1.0)
+    summary["predictors"] = list(rows.values())
+    assert "| spatial/h_den/lds | 100 | class_acc 0.5 | 4 | +1.00 |" in study.markdown(summary)
+
+
 def test_thresholds_parse_metric_value_and_name_a_bad_entry():
     assert study_command.thresholds(["class_acc:0.4", "fd:20"]) == [("class_acc", 0.4), ("fd", 20)]
     for bad in ["class_acc", "class_acc:high", ":0.4"]:

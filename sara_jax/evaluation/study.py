@@ -216,7 +216,8 @@ def predictors(summary: dict[str, Any], at_steps: Sequence[int]) -> list[dict[st
     metric's value at a step of `at_steps` and the arm's steps to each chosen threshold of
     `summary["reach"]` (an arm that never reached it ranks last).
 
-    Returns: a row per metric, step and threshold with at least 3 arms: {"metric", "step",
+    Returns: a row per metric, step and threshold with at least 3 arms and neither side
+      constant across them: {"metric", "step",
       "reach_metric", "threshold", "arms", "rho", "p"} (rho < 0: a higher value goes with
       fewer steps; p: scipy's two-sided p-value for rho = 0, which assumes independent arms).
     """
@@ -237,9 +238,10 @@ def predictors(summary: dict[str, Any], at_steps: Sequence[int]) -> list[dict[st
             }
             for (reach_metric, threshold), arms in reached.items():
                 common = sorted(values.keys() & arms.keys())
-                if len(common) < 3:
-                    continue
-                rho, p = stats.spearmanr([values[a] for a in common], [arms[a] for a in common])
+                x, y = [values[a] for a in common], [arms[a] for a in common]
+                if len(common) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+                    continue  # A constant (the encoder's own tokens) ranks nothing.
+                rho, p = stats.spearmanr(x, y)
                 rows.append(
                     {
                         "metric": metric,

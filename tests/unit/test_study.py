@@ -154,9 +154,12 @@ def test_early_values_are_rank_correlated_with_the_steps_to_a_threshold():
         runs.setdefault(method, {})[seed] = {
             "class_acc": (steps, np.array(acc)),
             "spatial/h_den/lds": (steps[:2], np.array(lds)),
+            "spatial/z_enc/lds": (steps[:2], np.array([0.5, 0.5])),  # The same for every arm.
         }
     summary = study.aggregate(
-        runs, ["class_acc", "spatial/h_den/lds"], thresholds=[("class_acc", 0.5)]
+        runs,
+        ["class_acc", "spatial/h_den/lds", "spatial/z_enc/lds"],
+        thresholds=[("class_acc", 0.5)],
     )
     rows = {(r["metric"], r["step"]): r for r in study.predictors(summary, [100, 200, 300])}
     assert set(rows) == {(m, s) for m in ("class_acc", "spatial/h_den/lds") for s in (100, 200)} | {

@@ -375,7 +375,8 @@ def plot(summary: dict[str, Any], out: Path) -> list[Path]:
                 label=f"{label(method)} (n={len(c['seeds'])})",
             )
             ax.fill_between(steps, mean - std, mean + std, color=f"C{i}", alpha=0.2)
-        ax.set_title(f"{metric} ({sense(metric)[1]})")
+        title = f"{metric} ({sense(metric)[1]})"
+        ax.set_title(title if len(title) <= 50 else title.replace(" (", "\n(", 1))
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
         fig.legend(loc="outside lower center", ncols=columns, fontsize="small")

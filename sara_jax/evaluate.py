@@ -35,12 +35,12 @@ from absl import app, flags, logging
 from sara_jax.evaluation import inception, metrics, shapes
 from sara_jax.io import cli
 from sara_jax.io.errors import InputError, MissingInput
+from sara_jax.io.events import EVENT_FILES
 from sara_jax.io.files import write_json, write_npz
 from sara_jax.io.tensorboard import create_writer
 from sara_jax.sampling import sample_set
 
 PyTree = Any
-EVENTS = "events.out.tfevents.*"
 
 
 def evaluate(
@@ -145,18 +145,16 @@ def log_scalars(samples_path: Path, record: dict[str, Any], results: dict[str, A
     own = dict(record["settings"])
     step = own.pop("step")
     for other in sorted(samples_path.parent.parent.glob("samples_*/set.json")):
-        if other.parent == samples_path.parent or not any(other.parent.glob(EVENTS)):
+        if other.parent == samples_path.parent or not any(other.parent.glob(EVENT_FILES)):
             continue
         theirs = dict(json.loads(other.read_text()).get("settings", {}))
         theirs.pop("step", None)
-        differ = [k for k in sorted(own.keys() | theirs.keys()) if own.get(k) != theirs.get(k)]
-        if differ:
-            name = differ[0]
+        if differ := sample_set.first_difference(theirs, own):
+            name, has, wants = differ
             raise InputError(
                 f"--log_scalars: {other.parent} holds evaluate/ scalars of a set with {name}="
-                f"{json.dumps(theirs.get(name))}, this set has {json.dumps(own.get(name))}; one "
-                f"curve is of one set's settings: score without --log_scalars, or move its "
-                f"event file away"
+                f"{has}, this set has {wants}; one curve is of one set's settings: score "
+                f"without --log_scalars, or move its event file away"
             )
     numbers = {
         f"evaluate/{name}": value

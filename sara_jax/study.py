@@ -86,10 +86,11 @@ def thresholds(entries: list[str]) -> list[tuple[str, float]]:
             number = None
         if not metric or number is None:
             raise app.UsageError(f"--thresholds entry {entry!r} must be metric:value")
-        if study.sense(metric)[0] is None:
+        higher, words = study.sense(metric)
+        if higher is None:
             raise app.UsageError(
-                f"--thresholds entry {entry!r}: {metric} has no better direction "
-                f"({study.sense(metric)[1]}); its curves are in the tables without one"
+                f"--thresholds entry {entry!r}: {metric} has no better direction ({words}); "
+                "its curves are in the tables without one"
             )
         parsed.append((metric, number))
     return parsed

@@ -8,6 +8,7 @@ from tensorboard.util import tensor_util
 from sara_jax.io.errors import MissingInput
 
 Scalars = dict[str, tuple[np.ndarray, np.ndarray]]
+EVENT_FILES = "events.out.tfevents.*"  # TensorBoard's event file names, as a glob.
 
 
 def read_scalars(workdir: str) -> Scalars:
@@ -21,8 +22,8 @@ def read_scalars(workdir: str) -> Scalars:
       FileNotFoundError: when `workdir` holds no event file.
     """
     root = workdir.rstrip("/")
-    files = tf.io.gfile.glob(f"{root}/events.out.tfevents.*")
-    files += tf.io.gfile.glob(f"{root}/*/events.out.tfevents.*")
+    files = tf.io.gfile.glob(f"{root}/{EVENT_FILES}")
+    files += tf.io.gfile.glob(f"{root}/*/{EVENT_FILES}")
     if not files:
         raise MissingInput(f"no TensorBoard event files in {workdir}")
     by_tag: dict[str, dict[int, float]] = {}

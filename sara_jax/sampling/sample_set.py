@@ -220,15 +220,23 @@ def open_set(out: epath.Path, settings: dict[str, Any]) -> bool:
         stored = None
     if not isinstance(stored, dict):
         raise InputError(f"{path}: not a sample set's record (no settings object)")
-    for name in sorted(stored.keys() | settings.keys()):
-        has, wants = stored.get(name, _MISSING), settings.get(name, _MISSING)
-        if has != wants:
-            has, wants = ("nothing" if v is _MISSING else json.dumps(v) for v in (has, wants))
-            raise InputError(
-                f"{out}: its set.json has {name}={has}, but the settings this directory is "
-                f"named for have {name}={wants}; move the directory away to draw the set afresh"
-            )
+    if differ := first_difference(stored, settings):
+        name, has, wants = differ
+        raise InputError(
+            f"{out}: its set.json has {name}={has}, but the settings this directory is "
+            f"named for have {name}={wants}; move the directory away to draw the set afresh"
+        )
     return True
+
+
+def first_difference(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, str, str] | None:
+    """The first setting (in name order) where two sets' settings differ, with its value in
+    each as JSON ("nothing" where one lacks it); None when they are equal."""
+    for name in sorted(a.keys() | b.keys()):
+        in_a, in_b = a.get(name, _MISSING), b.get(name, _MISSING)
+        if in_a != in_b:
+            return name, *("nothing" if v is _MISSING else json.dumps(v) for v in (in_a, in_b))
+    return None
 
 
 def assemble(

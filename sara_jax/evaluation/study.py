@@ -116,19 +116,75 @@ def default_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
     return [(a, b) for a, b in PAIRS if a in methods and b in methods]
 
 
+def mean_difference(a: Sequence[float | None], b: Sequence[float | None]) -> dict[str, Any] | None:
+    """Whether two sets of per-seed values differ by more than their seed spread: the difference
+    of the means, mean(a) - mean(b), its standard error sqrt(s_a^2 / n_a + s_b^2 / n_b) (ddof 1),
+    and `exceeds_spread`, |difference| > 2 standard errors. None unless every value is there
+    and each side has 2 or more."""
+    if len(a) < 2 or len(b) < 2 or None in a or None in b:
+        return None
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    difference = float(x.mean() - y.mean())
+    se = float(np.sqrt(x.var(ddof=1) / len(x) + y.var(ddof=1) / len(y)))
+    return {"difference": difference, "se": se, "exceeds_spread": abs(difference) > 2 * se}
+
+
 def seed_difference(
     baseline: Sequence[float | None], method: Sequence[float | None]
 ) -> dict[str, Any] | None:
-    """Whether two methods' per-seed steps to a threshold differ by more than their seed
-    spread: the difference of the means (baseline - method, > 0: the method is faster), its
-    standard error sqrt(s_b^2 / n_b + s_m^2 / n_m) (ddof 1), and `exceeds_spread`, |difference|
-    > 2 standard errors. None unless every seed of both reached it and each has 2 or more."""
-    if len(baseline) < 2 or len(method) < 2 or None in baseline or None in method:
+    """`mean_difference` of two methods' per-seed steps to a threshold, as
+    {"steps": baseline - method (> 0: the method is faster), "se", "exceeds_spread"}; None
+    unless every seed of both reached it and each has 2 or more."""
+    d = mean_difference(baseline, method)
+    if d is None:
         return None
-    b, m = np.asarray(baseline, np.float64), np.asarray(method, np.float64)
-    difference = float(b.mean() - m.mean())
-    se = float(np.sqrt(b.var(ddof=1) / len(b) + m.var(ddof=1) / len(m)))
-    return {"steps": difference, "se": se, "exceeds_spread": abs(difference) > 2 * se}
+    return {"steps": d["difference"], "se": d["se"], "exceeds_spread": d["exceeds_spread"]}
+
+
+def step_differences(
+    curves: dict[str, dict[str, dict[str, Any]]], pairs: Sequence[tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """Each pair's gap at every step both methods logged, for the metrics with a better
+    direction: which method is ahead at step K, beyond the seed spread, whatever threshold.
+
+    Args:
+      curves: metric -> method -> `seed_curves`.
+      pairs: (baseline, method) pairs.
+    Returns: a row per metric, pair and step where both have 2 or more seeds: {"metric",
+      "baseline", "method", "step", "difference" (the method's mean minus the baseline's),
+      "se", "exceeds_spread" (`mean_difference`), "ahead" (the better method when beyond 2
+      s.e., else None)}.
+    """
+    rows = []
+    for metric, by_method in curves.items():
+        higher, _ = sense(metric)
+        if higher is None:
+            continue
+        for baseline, method in pairs:
+            if baseline not in by_method or method not in by_method:
+                continue
+            base, other = by_method[baseline], by_method[method]
+            for step in base["steps"]:
+                if step not in other["steps"]:
+                    continue
+                at = [[v[c["steps"].index(step)] for v in c["per_seed"]] for c in (other, base)]
+                d = mean_difference(*at)
+                if d is None:
+                    continue
+                ahead = None
+                if d["exceeds_spread"]:
+                    ahead = method if (d["difference"] > 0) == higher else baseline
+                rows.append(
+                    {
+                        "metric": metric,
+                        "baseline": baseline,
+                        "method": method,
+                        "step": step,
+                        **d,
+                        "ahead": ahead,
+                    }
+                )
+    return rows
 
 
 def reach(curve: dict[str, Any], threshold: float, higher_is_better: bool) -> dict[str, Any]:
@@ -159,7 +215,8 @@ def aggregate(
       "reach": a row per chosen threshold and method: its steps to reach it (`reach`),
       "speedups": a row per pair, metric and threshold (the baseline's final mean value, then
       the chosen ones): the baseline's and the method's steps to it, their ratio and whether
-      the per-seed steps differ by more than the seed spread (`seed_difference`)}.
+      the per-seed steps differ by more than the seed spread (`seed_difference`),
+      "differences": the pairs' gaps at each step (`step_differences`)}.
     """
     pairs = default_pairs(list(runs)) if pairs is None else pairs
     curves = {
@@ -207,7 +264,12 @@ def aggregate(
                         else None,
                     }
                 )
-    return {"curves": curves, "reach": rows, "speedups": speedups}
+    return {
+        "curves": curves,
+        "reach": rows,
+        "speedups": speedups,
+        "differences": step_differences(curves, pairs),
+    }
 
 
 def predictors(summary: dict[str, Any], at_steps: Sequence[int]) -> list[dict[str, Any]]:
@@ -260,9 +322,30 @@ def _steps(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+def _differences_table(rows: list[dict[str, Any]], table_steps: Sequence[int] | None) -> list[str]:
+    logged = sorted({r["step"] for r in rows})
+    steps = [s for s in (table_steps or logged) if s in logged]
+    cells: dict[tuple[str, str, str], dict[int, str]] = {}
+    for r in rows:
+        ahead = f" ({label(r['ahead'])})" if r["ahead"] else ""
+        cell = f"{r['difference']:+.4g} +- {r['se']:.2g}{ahead}"
+        cells.setdefault((r["metric"], r["baseline"], r["method"]), {})[r["step"]] = cell
+    lines = [
+        "### Gaps at each step: the method's mean minus the baseline's, +- s.e. over seeds "
+        "(in brackets: the one ahead, when beyond 2 s.e.)",
+        "",
+        "| metric | baseline | method | " + " | ".join(f"step {s}" for s in steps) + " |",
+        "| --- | --- | --- |" + " --- |" * len(steps),
+    ]
+    for (metric, baseline, method), at in cells.items():
+        row = " | ".join(at.get(s, "-") for s in steps)
+        lines.append(f"| {metric} | {label(baseline)} | {label(method)} | {row} |")
+    return [*lines, ""]
+
+
 def markdown(summary: dict[str, Any], table_steps: Sequence[int] | None = None) -> str:
-    """Tables of mean +- std (n seeds) at `table_steps` (default: every logged step) and the
-    speed-ups, as markdown."""
+    """Tables of mean +- std (n seeds) at `table_steps` (default: every logged step), the
+    speed-ups and the gaps at each step, as markdown."""
     lines = []
     for metric, by_method in summary["curves"].items():
         if not by_method:
@@ -313,6 +396,8 @@ def markdown(summary: dict[str, Any], table_steps: Sequence[int] | None = None) 
                 f"| {per_seed} | {ratio} | {spread} | {beyond} |"
             )
         lines.append("")
+    if summary.get("differences"):
+        lines += _differences_table(summary["differences"], table_steps)
     if summary.get("predictors"):
         lines += [
             "### Early values as predictors: Spearman rank correlation over arms between a "

@@ -98,6 +98,35 @@ def test_a_difference_counts_only_beyond_two_standard_errors_of_the_seeds():
     assert study.seed_difference([200], [100]) is None
 
 
+def test_the_gap_at_each_step_names_the_method_ahead_only_beyond_two_standard_errors():
+    def fd(steps, values):
+        return {"fd": (np.array(steps), np.array(values, np.float64))}
+
+    every = [100, 200, 400]
+    runs = {
+        "none": {0: fd(every, [9, 7, 4]), 1: fd(every, [11, 9, 4])},
+        "repa": {0: fd(every, [8, 5, 2]), 1: fd(every, [8, 3, 2])},
+        "sara": {0: fd([100, 400], [7, 3])},  # One seed: no verdict at any step.
+    }
+    rows = study.aggregate(runs, ["fd"])["differences"]
+    gaps = {r["step"]: r for r in rows if (r["baseline"], r["method"]) == ("none", "repa")}
+    assert len(rows) == len(gaps) == 3
+    # Step 100: means 10 and 8, s.e. sqrt(2 / 2 + 0 / 2) = 1; a gap of exactly 2 s.e. is not beyond.
+    assert (gaps[100]["difference"], gaps[100]["se"], gaps[100]["ahead"]) == (-2, 1, None)
+    # Step 200: means 8 and 4, s.e. sqrt(2 / 2 + 2 / 2); lower fd is better, so REPA is ahead.
+    assert gaps[200]["difference"] == -4 and gaps[200]["ahead"] == "repa"
+    np.testing.assert_allclose(gaps[200]["se"], np.sqrt(2))
+    assert (gaps[400]["difference"], gaps[400]["se"], gaps[400]["ahead"]) == (-2, 0, "repa")
+    table = study.markdown({**study.aggregate(runs, ["fd"]), "reach": [], "speedups": []})
+    assert "| fd | SiT | REPA | -2 +- 1 | -4 +- 1.4 (REPA) | -2 +- 0 (REPA) |" in table
+    # The higher-is-better side: the baseline ahead when the method's mean is lower.
+    flipped = {
+        m: {s: {"class_acc": c["fd"]} for s, c in seeds.items()} for m, seeds in runs.items()
+    }
+    (row,) = (r for r in study.aggregate(flipped, ["class_acc"])["differences"] if r["step"] == 200)
+    assert row["ahead"] == "none"
+
+
 def test_the_study_compares_irepa_with_the_methods_it_changes():
     methods = ["none", "repa", "sara", "irepa", "sara_irepa"]
     assert study.default_pairs(methods) == list(study.PAIRS)

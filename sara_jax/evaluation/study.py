@@ -9,7 +9,7 @@ the spacing. The thresholds are the baseline's final mean value (where a thresho
 says little) and any chosen ones: a value mid-way up the curves is where methods differ.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,20 @@ def seed_difference(
     return {"steps": d["difference"], "se": d["se"], "exceeds_spread": d["exceeds_spread"]}
 
 
+def _scored_pairs(
+    curves: dict[str, dict[str, dict[str, Any]]], pairs: Sequence[tuple[str, str]]
+) -> Iterator[tuple[str, bool, str, str, dict[str, Any], dict[str, Any]]]:
+    """(metric, higher_is_better, baseline, method, baseline's curve, method's curve) for each
+    metric with a better direction and each pair with both methods' `seed_curves`."""
+    for metric, by_method in curves.items():
+        higher, _ = sense(metric)
+        if higher is None:
+            continue
+        for baseline, method in pairs:
+            if baseline in by_method and method in by_method:
+                yield metric, higher, baseline, method, by_method[baseline], by_method[method]
+
+
 def step_differences(
     curves: dict[str, dict[str, dict[str, Any]]], pairs: Sequence[tuple[str, str]]
 ) -> list[dict[str, Any]]:
@@ -156,34 +170,27 @@ def step_differences(
       s.e., else None)}.
     """
     rows = []
-    for metric, by_method in curves.items():
-        higher, _ = sense(metric)
-        if higher is None:
-            continue
-        for baseline, method in pairs:
-            if baseline not in by_method or method not in by_method:
+    for metric, higher, baseline, method, base, other in _scored_pairs(curves, pairs):
+        for step in base["steps"]:
+            if step not in other["steps"]:
                 continue
-            base, other = by_method[baseline], by_method[method]
-            for step in base["steps"]:
-                if step not in other["steps"]:
-                    continue
-                at = [[v[c["steps"].index(step)] for v in c["per_seed"]] for c in (other, base)]
-                d = mean_difference(*at)
-                if d is None:
-                    continue
-                ahead = None
-                if d["exceeds_spread"]:
-                    ahead = method if (d["difference"] > 0) == higher else baseline
-                rows.append(
-                    {
-                        "metric": metric,
-                        "baseline": baseline,
-                        "method": method,
-                        "step": step,
-                        **d,
-                        "ahead": ahead,
-                    }
-                )
+            at = [[v[c["steps"].index(step)] for v in c["per_seed"]] for c in (other, base)]
+            d = mean_difference(*at)
+            if d is None:
+                continue
+            ahead = None
+            if d["exceeds_spread"]:
+                ahead = method if (d["difference"] > 0) == higher else baseline
+            rows.append(
+                {
+                    "metric": metric,
+                    "baseline": baseline,
+                    "method": method,
+                    "step": step,
+                    **d,
+                    "ahead": ahead,
+                }
+            )
     return rows
 
 
@@ -232,38 +239,29 @@ def aggregate(
             rows.append(
                 {"metric": metric, "threshold": value, "method": method, **reach(c, value, higher)}
             )
-    for metric, by_method in curves.items():
-        higher, _ = sense(metric)
-        if higher is None:
-            continue
-        for baseline, method in pairs:
-            if baseline not in by_method or method not in by_method:
-                continue
-            base, other = by_method[baseline], by_method[method]
-            chosen = [(v, "chosen") for m, v in thresholds if m == metric]
-            for threshold, source in [(base["mean"][-1], "baseline final"), *chosen]:
-                base_reach = reach(base, threshold, higher)
-                base_steps = base_reach["steps"]
-                method_reach = reach(other, threshold, higher)
-                speedups.append(
-                    {
-                        "metric": metric,
-                        "baseline": baseline,
-                        "method": method,
-                        "threshold": threshold,
-                        "threshold_from": source,
-                        "baseline_steps": base_steps,
-                        "method_steps": method_reach["steps"],
-                        "method_steps_per_seed": method_reach["per_seed"],
-                        "baseline_steps_per_seed": base_reach["per_seed"],
-                        "difference": seed_difference(
-                            base_reach["per_seed"], method_reach["per_seed"]
-                        ),
-                        "ratio": base_steps / method_reach["steps"]
-                        if base_steps and method_reach["steps"]
-                        else None,
-                    }
-                )
+    for metric, higher, baseline, method, base, other in _scored_pairs(curves, pairs):
+        chosen = [(v, "chosen") for m, v in thresholds if m == metric]
+        for threshold, source in [(base["mean"][-1], "baseline final"), *chosen]:
+            base_reach = reach(base, threshold, higher)
+            base_steps = base_reach["steps"]
+            method_reach = reach(other, threshold, higher)
+            speedups.append(
+                {
+                    "metric": metric,
+                    "baseline": baseline,
+                    "method": method,
+                    "threshold": threshold,
+                    "threshold_from": source,
+                    "baseline_steps": base_steps,
+                    "method_steps": method_reach["steps"],
+                    "method_steps_per_seed": method_reach["per_seed"],
+                    "baseline_steps_per_seed": base_reach["per_seed"],
+                    "difference": seed_difference(base_reach["per_seed"], method_reach["per_seed"]),
+                    "ratio": base_steps / method_reach["steps"]
+                    if base_steps and method_reach["steps"]
+                    else None,
+                }
+            )
     return {
         "curves": curves,
         "reach": rows,
@@ -322,9 +320,13 @@ def _steps(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+def _columns(logged: set[int], table_steps: Sequence[int] | None) -> list[int]:
+    """A table's steps: `table_steps` (default: every logged one) that were logged."""
+    return [s for s in (table_steps or sorted(logged)) if s in logged]
+
+
 def _differences_table(rows: list[dict[str, Any]], table_steps: Sequence[int] | None) -> list[str]:
-    logged = sorted({r["step"] for r in rows})
-    steps = [s for s in (table_steps or logged) if s in logged]
+    steps = _columns({r["step"] for r in rows}, table_steps)
     cells: dict[tuple[str, str, str], dict[int, str]] = {}
     for r in rows:
         ahead = f" ({label(r['ahead'])})" if r["ahead"] else ""
@@ -350,8 +352,7 @@ def markdown(summary: dict[str, Any], table_steps: Sequence[int] | None = None) 
     for metric, by_method in summary["curves"].items():
         if not by_method:
             continue
-        logged = sorted({s for c in by_method.values() for s in c["steps"]})
-        steps = [s for s in (table_steps or logged) if s in logged]
+        steps = _columns({s for c in by_method.values() for s in c["steps"]}, table_steps)
         lines += [f"### {metric} ({sense(metric)[1]}; mean +- std over seeds)", ""]
         lines.append("| method | seeds | " + " | ".join(f"step {s}" for s in steps) + " |")
         lines.append("| --- | --- |" + " --- |" * len(steps))
